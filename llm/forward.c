@@ -1,0 +1,380 @@
+/* llm/forward.c — the CPU scorer: ranker-v1 exactly as
+ * ../shared/reference/ranker_v1.py computes it, arranged for speed.
+ *
+ * A batch runs in two fork-join phases over the thread pool:
+ *   1. one task per user encodes its history and keeps, per layer and head,
+ *      the keys (packed as a [L, dh] weight) and values (packed as [dh, L]),
+ *      so that candidate attention is two calls of the ordinary GEMM kernel;
+ *   2. one task per chunk of a user's candidates runs all layers for those
+ *      candidates against the cached history.
+ * In the last layer only the newest history token goes past the key/value
+ * projection: it alone feeds the retrieval vector, and nothing else reads
+ * the last layer's history outputs. */
+#include "llm/forward.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/err.h"
+
+#define CHUNK_MAX 64 /* candidate rows per task */
+#define CHUNK_MIN 16
+
+typedef struct scratch {
+    float *x;   /* [rows, d] residual stream */
+    float *h;   /* [rows, d] LayerNorm output */
+    float *qkv; /* [rows, 3d] */
+    float *att; /* [rows, d] */
+    float *ffn; /* [rows, d_ffn] */
+    float *S;   /* [rows, max_hist] attention weights */
+    float *self;   /* [rows] candidate self-attention logit, then weight */
+    int8_t *q8;    /* [rows, kp_max] quantized activations */
+    float *qs;     /* [rows] their scales */
+} scratch;
+
+typedef struct task {
+    int req, c0, n;
+} task;
+
+struct lm_scorer {
+    const lm_model *m;
+    const lm_kern *k;
+    lm_pool *pool;
+    lm_scorer_opts o;
+    int d, dh, rows, kp_max;
+    size_t k_head, v_head; /* floats per head of the key / value cache */
+    float *kv;             /* [max_batch][n_layers][n_heads][k_head + v_head] */
+    scratch *sc;           /* [threads] */
+    task *tasks;
+    int max_tasks;
+    void *mem;
+    size_t bytes;
+    const lm_request *reqs; /* the batch being scored */
+};
+
+/* ---- memory ------------------------------------------------------------- */
+
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+/* Lays out every buffer in one block; with base == NULL it only measures. */
+static size_t layout(lm_scorer *s, char *base)
+{
+    const lm_config *c = &s->m->cfg;
+    size_t off = 0, R = (size_t)s->rows, d = (size_t)s->d;
+#define TAKE(ptr, type, count)                                  \
+    do {                                                        \
+        if (base)                                               \
+            (ptr) = (type *)(base + off);                       \
+        off += align64(sizeof(type) * (size_t)(count));         \
+    } while (0)
+    TAKE(s->kv, float, (size_t)s->o.max_batch * c->n_layers * c->n_heads * (s->k_head + s->v_head));
+    for (int t = 0; t < s->o.threads; t++) {
+        scratch *sc = &s->sc[t];
+        TAKE(sc->x, float, R * d);
+        TAKE(sc->h, float, R * d);
+        TAKE(sc->qkv, float, R * 3 * d);
+        TAKE(sc->att, float, R * d);
+        TAKE(sc->ffn, float, R * (size_t)c->d_ffn);
+        TAKE(sc->S, float, R * (size_t)c->max_hist);
+        TAKE(sc->self, float, R);
+        TAKE(sc->q8, int8_t, R * (size_t)s->kp_max);
+        TAKE(sc->qs, float, R);
+    }
+#undef TAKE
+    return off;
+}
+
+int lm_scorer_new(lm_scorer **out, const lm_model *m, const lm_scorer_opts *opts, char *err,
+                  size_t errsz)
+{
+    *out = NULL;
+    const lm_config *c = &m->cfg;
+    lm_scorer_opts o = *opts;
+    if (o.threads <= 0)
+        o.threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (o.threads < 1)
+        o.threads = 1;
+    if (o.isa == LM_ISA_COUNT)
+        o.isa = lm_isa_default();
+    if (o.max_batch < 1 || o.max_batch > 65536 || o.max_cands < 0 || o.max_cands > 1 << 20)
+        return cm_errf(err, errsz, "scorer: max_batch %d / max_cands %d out of range "
+                       "(1..65536 / 0..1048576)", o.max_batch, o.max_cands);
+    const lm_kern *k = lm_kern_get(o.isa);
+    if (!k)
+        return cm_errf(err, errsz, "scorer: this CPU cannot run the %s kernels (best: %s)",
+                       lm_isa_name(o.isa), lm_isa_name(lm_isa_detect()));
+    lm_scorer *s = calloc(1, sizeof *s);
+    if (!s)
+        return cm_errf(err, errsz, "scorer: out of memory");
+    s->m = m;
+    s->k = k;
+    s->o = o;
+    s->d = c->d_model;
+    s->dh = c->d_model / c->n_heads;
+    s->rows = c->max_hist > CHUNK_MAX ? c->max_hist : CHUNK_MAX;
+    s->kp_max = lm_round_up(c->d_model > c->d_ffn ? c->d_model : c->d_ffn, LM_KALIGN);
+    s->k_head = (size_t)lm_panels(c->max_hist) * LM_PANEL * s->dh;
+    s->v_head = (size_t)lm_panels(s->dh) * LM_PANEL * c->max_hist;
+    s->max_tasks = o.max_batch * ((o.max_cands + CHUNK_MIN - 1) / CHUNK_MIN);
+    s->sc = calloc((size_t)o.threads, sizeof *s->sc);
+    s->tasks = calloc((size_t)(s->max_tasks > 0 ? s->max_tasks : 1), sizeof *s->tasks);
+    s->bytes = layout(s, NULL);
+    s->mem = s->sc && s->tasks ? aligned_alloc(64, s->bytes) : NULL;
+    if (!s->mem) {
+        size_t bytes = s->bytes;
+        lm_scorer_free(s);
+        return cm_errf(err, errsz, "scorer: cannot allocate %zu bytes of scratch", bytes);
+    }
+    layout(s, s->mem);
+    if (lm_pool_new(&s->pool, o.threads, err, errsz)) {
+        lm_scorer_free(s);
+        return -1;
+    }
+    *out = s;
+    return 0;
+}
+
+void lm_scorer_free(lm_scorer *s)
+{
+    if (!s)
+        return;
+    lm_pool_free(s->pool);
+    free(s->mem);
+    free(s->tasks);
+    free(s->sc);
+    free(s);
+}
+
+const lm_model *lm_scorer_model(const lm_scorer *s) { return s->m; }
+const lm_kern *lm_scorer_kern(const lm_scorer *s) { return s->k; }
+lm_pool *lm_scorer_pool(lm_scorer *s) { return s->pool; }
+size_t lm_scorer_bytes(const lm_scorer *s) { return s->bytes; }
+
+/* ---- building blocks ------------------------------------------------------ */
+
+static void linear(const lm_scorer *s, scratch *t, const lm_linear *lin, int M, const float *x,
+                   int ldx, float *y, int ldy, int accum)
+{
+    if (s->m->quant == LM_QUANT_INT8) {
+        s->k->quant_rows(M, lin->q.k, x, ldx, t->q8, lin->q.kp, t->qs);
+        s->k->qgemm(M, t->q8, t->qs, &lin->q, lin->bias, y, ldy, accum);
+    } else {
+        s->k->sgemm(M, x, ldx, &lin->f, lin->bias, y, ldy, accum);
+    }
+}
+
+static float *kv_head(const lm_scorer *s, int b, int l, int h)
+{
+    const lm_config *c = &s->m->cfg;
+    size_t i = ((size_t)b * c->n_layers + l) * c->n_heads + h;
+    return s->kv + i * (s->k_head + s->v_head);
+}
+
+/* Keys of head h as a weight [L, dh]; values as a weight [dh, L]. */
+static lm_pf32 keys(const lm_scorer *s, int b, int l, int h, int L)
+{
+    return (lm_pf32){.n = L, .k = s->dh, .n_panels = lm_panels(L), .data = kv_head(s, b, l, h)};
+}
+
+static lm_pf32 values(const lm_scorer *s, int b, int l, int h, int L)
+{
+    return (lm_pf32){.n = s->dh, .k = L, .n_panels = lm_panels(s->dh),
+                     .data = kv_head(s, b, l, h) + s->k_head};
+}
+
+static void pack_kv(const lm_scorer *s, int b, int l, int L, const float *qkv)
+{
+    const int d = s->d, dh = s->dh;
+    for (int h = 0; h < s->m->cfg.n_heads; h++) {
+        lm_pf32 K = keys(s, b, l, h, L), V = values(s, b, l, h, L);
+        for (int p = 0; p < K.n_panels; p++)
+            for (int i = 0; i < dh; i++)
+                for (int c = 0; c < LM_PANEL; c++) {
+                    int tok = p * LM_PANEL + c;
+                    K.data[((size_t)p * dh + i) * LM_PANEL + c] =
+                        tok < L ? qkv[(size_t)tok * 3 * d + d + h * dh + i] : 0.0f;
+                }
+        for (int p = 0; p < V.n_panels; p++)
+            for (int tok = 0; tok < L; tok++)
+                for (int c = 0; c < LM_PANEL; c++) {
+                    int j = p * LM_PANEL + c;
+                    V.data[((size_t)p * L + tok) * LM_PANEL + c] =
+                        j < dh ? qkv[(size_t)tok * 3 * d + 2 * d + h * dh + j] : 0.0f;
+                }
+    }
+}
+
+/* att[M, d] = attention of M query rows of `qkv` over the L cached history
+ * tokens of user b in layer l. History queries are causal (row r sees
+ * tokens 0..r); candidate queries (with_self) also see their own key. */
+static void attend(const lm_scorer *s, scratch *t, int b, int l, int L, int M, const float *qkv,
+                   int causal, int with_self)
+{
+    const int d = s->d, dh = s->dh, ldq = 3 * d, lds = s->m->cfg.max_hist;
+    const float scale = 1.0f / sqrtf((float)dh);
+    for (int h = 0; h < s->m->cfg.n_heads; h++) {
+        const float *q = qkv + h * dh;
+        float *att = t->att + h * dh;
+        if (L > 0) {
+            lm_pf32 K = keys(s, b, l, h, L);
+            s->k->sgemm(M, q, ldq, &K, NULL, t->S, lds, 0);
+        }
+        if (with_self)
+            s->k->rowdot(M, dh, q, q + d, ldq, t->self);
+        s->k->softmax(M, L, t->S, lds, with_self ? t->self : NULL, scale, causal);
+        if (L > 0) {
+            lm_pf32 V = values(s, b, l, h, L);
+            s->k->sgemm(M, t->S, lds, &V, NULL, att, d, 0);
+        } else {
+            for (int r = 0; r < M; r++)
+                memset(att + (size_t)r * d, 0, sizeof(float) * dh);
+        }
+        if (with_self)
+            s->k->rowaxpy(M, dh, t->self, q + 2 * d, ldq, att, d);
+    }
+}
+
+/* x += out(att); x += down(gelu(up(LN2(x)))), for M rows. */
+static void mlp_residual(const lm_scorer *s, scratch *t, const lm_layer *ly, int M, float *x)
+{
+    const int d = s->d, f = s->m->cfg.d_ffn;
+    linear(s, t, &ly->out, M, t->att, d, x, d, 1);
+    s->k->layernorm(M, d, x, d, ly->ln2_w, ly->ln2_b, t->h, d);
+    linear(s, t, &ly->up, M, t->h, d, t->ffn, f, 0);
+    s->k->gelu(M, f, t->ffn, f);
+    linear(s, t, &ly->down, M, t->ffn, f, x, d, 1);
+}
+
+/* ---- the two phases ---------------------------------------------------------- */
+
+static void encode_history(void *ctx, int b, int thread)
+{
+    lm_scorer *s = ctx;
+    scratch *t = &s->sc[thread];
+    const lm_model *m = s->m;
+    const lm_request *rq = &s->reqs[b];
+    const int d = s->d, L = rq->n_hist;
+    if (L == 0) {
+        /* u = LN_f(0) = ln_f.bias */
+        if (rq->user_vec)
+            memcpy(rq->user_vec, m->lnf_b, sizeof(float) * d);
+        return;
+    }
+    for (int tok = 0; tok < L; tok++) {
+        float *xr = t->x + (size_t)tok * d;
+        const float *a = m->action_emb + (size_t)rq->hist_actions[tok] * d;
+        const float *p = m->pos_emb + (size_t)(L - tok) * d;
+        lm_model_item_row(m, rq->hist_items[tok], xr);
+        for (int i = 0; i < d; i++)
+            xr[i] = xr[i] + a[i] + p[i];
+    }
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const lm_layer *ly = &m->layers[l];
+        s->k->layernorm(L, d, t->x, d, ly->ln1_w, ly->ln1_b, t->h, d);
+        linear(s, t, &ly->qkv, L, t->h, d, t->qkv, 3 * d, 0);
+        pack_kv(s, b, l, L, t->qkv);
+        int last = l == m->cfg.n_layers - 1;
+        int r0 = last ? L - 1 : 0;
+        attend(s, t, b, l, L, L - r0, t->qkv + (size_t)r0 * 3 * d, !last, 0);
+        mlp_residual(s, t, ly, L - r0, t->x + (size_t)r0 * d);
+    }
+    if (rq->user_vec)
+        s->k->layernorm(1, d, t->x + (size_t)(L - 1) * d, d, m->lnf_w, m->lnf_b, rq->user_vec, d);
+}
+
+static void score_chunk(void *ctx, int ti, int thread)
+{
+    lm_scorer *s = ctx;
+    scratch *t = &s->sc[thread];
+    const lm_model *m = s->m;
+    const task *tk = &s->tasks[ti];
+    const lm_request *rq = &s->reqs[tk->req];
+    const int d = s->d, M = tk->n, L = rq->n_hist;
+    for (int r = 0; r < M; r++) {
+        float *xr = t->x + (size_t)r * d;
+        lm_model_item_row(m, rq->cands[tk->c0 + r], xr);
+        for (int i = 0; i < d; i++)
+            xr[i] += m->pos_emb[i];
+    }
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const lm_layer *ly = &m->layers[l];
+        s->k->layernorm(M, d, t->x, d, ly->ln1_w, ly->ln1_b, t->h, d);
+        linear(s, t, &ly->qkv, M, t->h, d, t->qkv, 3 * d, 0);
+        attend(s, t, tk->req, l, L, M, t->qkv, 0, 1);
+        mlp_residual(s, t, ly, M, t->x);
+    }
+    s->k->layernorm(M, d, t->x, d, m->lnf_w, m->lnf_b, t->h, d);
+    for (int r = 0; r < M; r++) {
+        const float *hr = t->h + (size_t)r * d;
+        float acc = 0.0f;
+        for (int i = 0; i < d; i++)
+            acc += hr[i] * m->head_w[i];
+        rq->scores[tk->c0 + r] = acc + m->head_b;
+    }
+}
+
+/* ---- entry point -------------------------------------------------------- */
+
+static int check_ids(const int32_t *ids, int n, int lim, int req, const char *what, char *err,
+                     size_t errsz)
+{
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= lim)
+            return cm_errf(err, errsz, "request %d: %s[%d] = %d is outside 0..%d", req, what, i,
+                           (int)ids[i], lim - 1);
+    return 0;
+}
+
+static int validate(const lm_scorer *s, const lm_request *reqs, int n, char *err, size_t errsz)
+{
+    const lm_config *c = &s->m->cfg;
+    if (n < 0 || n > s->o.max_batch)
+        return cm_errf(err, errsz, "batch of %d requests, this scorer takes 0..%d", n, s->o.max_batch);
+    for (int i = 0; i < n; i++) {
+        const lm_request *r = &reqs[i];
+        if (r->n_hist < 0 || r->n_hist > c->max_hist)
+            return cm_errf(err, errsz, "request %d: history length %d, the model takes 0..%d", i,
+                           r->n_hist, c->max_hist);
+        if (r->n_cands < 0 || r->n_cands > s->o.max_cands)
+            return cm_errf(err, errsz, "request %d: %d candidates, this scorer takes 0..%d", i,
+                           r->n_cands, s->o.max_cands);
+        if ((r->n_hist && (!r->hist_items || !r->hist_actions)) ||
+            (r->n_cands && (!r->cands || !r->scores)))
+            return cm_errf(err, errsz, "request %d: missing history, candidate or score array", i);
+        if (check_ids(r->hist_items, r->n_hist, c->n_items, i, "hist_items", err, errsz) ||
+            check_ids(r->hist_actions, r->n_hist, c->n_actions, i, "hist_actions", err, errsz) ||
+            check_ids(r->cands, r->n_cands, c->n_items, i, "cands", err, errsz))
+            return -1;
+    }
+    return 0;
+}
+
+/* Chunks small enough that every thread gets about two, large enough to
+ * keep the GEMMs efficient. */
+static int chunk_size(const lm_scorer *s, const lm_request *reqs, int n)
+{
+    long total = 0;
+    for (int i = 0; i < n; i++)
+        total += reqs[i].n_cands;
+    long want = (total + 2L * s->o.threads - 1) / (2L * s->o.threads);
+    want = (want + 7) / 8 * 8;
+    return want < CHUNK_MIN ? CHUNK_MIN : want > CHUNK_MAX ? CHUNK_MAX : (int)want;
+}
+
+int lm_scorer_run(lm_scorer *s, const lm_request *reqs, int n, char *err, size_t errsz)
+{
+    if (validate(s, reqs, n, err, errsz))
+        return -1;
+    s->reqs = reqs;
+    int ch = chunk_size(s, reqs, n), nt = 0;
+    for (int i = 0; i < n; i++)
+        for (int c0 = 0; c0 < reqs[i].n_cands; c0 += ch)
+            s->tasks[nt++] = (task){.req = i, .c0 = c0,
+                                    .n = reqs[i].n_cands - c0 < ch ? reqs[i].n_cands - c0 : ch};
+    lm_pool_run(s->pool, encode_history, s, n);
+    lm_pool_run(s->pool, score_chunk, s, nt);
+    s->reqs = NULL;
+    return 0;
+}

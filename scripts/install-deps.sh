@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs the Debian packages rankd's build, tests and benchmarks need.
+# Idempotent: asks apt-get only for what is missing, and prints nothing when
+# everything is already there.
+#
+#   scripts/install-deps.sh            build + test dependencies
+#   scripts/install-deps.sh --bench    also the PyTorch CPU anchor (python3-torch)
+set -euo pipefail
+
+pkgs=(
+  build-essential pkg-config
+  libjansson-dev libyaml-dev librdkafka-dev libhiredis-dev libmicrohttpd-dev
+  libopenblas-dev check
+  redis-server
+)
+for a in "$@"; do
+  case "$a" in
+    --bench) pkgs+=(python3-torch python3-numpy) ;;
+    *) echo "install-deps.sh: unknown option '$a' (known: --bench)" >&2; exit 2 ;;
+  esac
+done
+
+missing=()
+for p in "${pkgs[@]}"; do
+  st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [ "$st" = "install ok installed" ] || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "install-deps.sh: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+  sudo="sudo"
+fi
+echo "install-deps.sh: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# redis-server's package starts a system instance on 6379; rankd's tests and
+# `make run` start their own on free ports, so the system one is left alone.
