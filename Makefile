@@ -4,6 +4,7 @@
 #   make test         install what is missing, build, run every Check suite,
 #                     then run them again under ASan + UBSan
 #   make bench        CPU benchmarks against the PyTorch anchor
+#   make run          run rankd on its embedded default
 #   make clean
 #
 # Optional parts are switched by variables: WITH_CUDA=0 skips the GPU code
@@ -72,7 +73,7 @@ CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null || echo -lcheck)
 
 BENCH_BINS := $(BUILD)/bench/bench_cpu
 
-.PHONY: all deps test test-unit test-asan bench clean
+.PHONY: all deps test test-unit test-asan bench run clean
 all: $(RANKD)
 
 $(BUILD)/%.o: %.c
@@ -119,6 +120,13 @@ test-asan:
 bench: deps $(RANKD) $(BENCH_BINS)
 	@bash scripts/install-deps.sh --bench
 	@RANKD_BIN=$(RANKD) bash bench/run_cpu.sh $(BUILD)/bench/bench_cpu
+
+# Until the streaming service lands (issue 4): the model-core demo, a random
+# student model quantized and scored at 512 candidates per request.
+run: deps $(RANKD) $(BUILD)/bench/bench_cpu
+	@$(RANKD) version
+	@mkdir -p $(BUILD)/run
+	@$(BUILD)/bench/bench_cpu $(BUILD)/run int8
 
 clean:
 	rm -rf build

@@ -1,18 +1,24 @@
 /* llm/forward.c — the CPU scorer: ranker-v1 exactly as
  * ../shared/reference/ranker_v1.py computes it, arranged for speed.
  *
- * A batch runs in two fork-join phases over the thread pool:
- *   1. one task per user encodes its history and keeps, per layer and head,
- *      the keys (packed as a [L, dh] weight) and values (packed as [dh, L]),
- *      so that candidate attention is two calls of the ordinary GEMM kernel;
- *   2. one task per chunk of a user's candidates runs all layers for those
- *      candidates against the cached history.
+ * A batch is one fork-join job over the thread pool with two kinds of task:
+ *   - one per user encodes its history and keeps, per layer and head, the
+ *     keys (packed as a [L, dh] weight) and values (packed as [dh, L]), so
+ *     that candidate attention is two calls of the ordinary GEMM kernel;
+ *   - one per chunk of a user's candidates runs all layers for those
+ *     candidates against the cached history.
+ * History tasks come first in the queue, and a chunk waits only for the
+ * layer it is about to attend to (a per-user counter of finished layers), so
+ * with one user and several threads the candidates' work overlaps the
+ * history's instead of waiting for all of it. No thread waits on a task that
+ * has not started: every history task is claimed before any chunk.
  * In the last layer only the newest history token goes past the key/value
  * projection: it alone feeds the retrieval vector, and nothing else reads
  * the last layer's history outputs. */
 #include "llm/forward.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -46,12 +52,14 @@ struct lm_scorer {
     int d, dh, rows, kp_max;
     size_t k_head, v_head; /* floats per head of the key / value cache */
     float *kv;             /* [max_batch][n_layers][n_heads][k_head + v_head] */
+    _Atomic int *layers_ready; /* [max_batch]: history layers whose keys/values are cached */
     scratch *sc;           /* [threads] */
     task *tasks;
     int max_tasks;
     void *mem;
     size_t bytes;
     const lm_request *reqs; /* the batch being scored */
+    int n_reqs;
 };
 
 /* ---- memory ------------------------------------------------------------- */
@@ -70,6 +78,7 @@ static size_t layout(lm_scorer *s, char *base)
         off += align64(sizeof(type) * (size_t)(count));         \
     } while (0)
     TAKE(s->kv, float, (size_t)s->o.max_batch * c->n_layers * c->n_heads * (s->k_head + s->v_head));
+    TAKE(s->layers_ready, _Atomic int, s->o.max_batch);
     for (int t = 0; t < s->o.threads; t++) {
         scratch *sc = &s->sc[t];
         TAKE(sc->x, float, R * d);
@@ -249,9 +258,8 @@ static void mlp_residual(const lm_scorer *s, scratch *t, const lm_layer *ly, int
 
 /* ---- the two phases ---------------------------------------------------------- */
 
-static void encode_history(void *ctx, int b, int thread)
+static void encode_history(lm_scorer *s, int b, int thread)
 {
-    lm_scorer *s = ctx;
     scratch *t = &s->sc[thread];
     const lm_model *m = s->m;
     const lm_request *rq = &s->reqs[b];
@@ -260,6 +268,7 @@ static void encode_history(void *ctx, int b, int thread)
         /* u = LN_f(0) = ln_f.bias */
         if (rq->user_vec)
             memcpy(rq->user_vec, m->lnf_b, sizeof(float) * d);
+        atomic_store_explicit(&s->layers_ready[b], m->cfg.n_layers, memory_order_release);
         return;
     }
     for (int tok = 0; tok < L; tok++) {
@@ -275,6 +284,7 @@ static void encode_history(void *ctx, int b, int thread)
         s->k->layernorm(L, d, t->x, d, ly->ln1_w, ly->ln1_b, t->h, d);
         linear(s, t, &ly->qkv, L, t->h, d, t->qkv, 3 * d, 0);
         pack_kv(s, b, l, L, t->qkv);
+        atomic_store_explicit(&s->layers_ready[b], l + 1, memory_order_release);
         int last = l == m->cfg.n_layers - 1;
         int r0 = last ? L - 1 : 0;
         attend(s, t, b, l, L, L - r0, t->qkv + (size_t)r0 * 3 * d, !last, 0);
@@ -284,9 +294,8 @@ static void encode_history(void *ctx, int b, int thread)
         s->k->layernorm(1, d, t->x + (size_t)(L - 1) * d, d, m->lnf_w, m->lnf_b, rq->user_vec, d);
 }
 
-static void score_chunk(void *ctx, int ti, int thread)
+static void score_chunk(lm_scorer *s, int ti, int thread)
 {
-    lm_scorer *s = ctx;
     scratch *t = &s->sc[thread];
     const lm_model *m = s->m;
     const task *tk = &s->tasks[ti];
@@ -302,6 +311,8 @@ static void score_chunk(void *ctx, int ti, int thread)
         const lm_layer *ly = &m->layers[l];
         s->k->layernorm(M, d, t->x, d, ly->ln1_w, ly->ln1_b, t->h, d);
         linear(s, t, &ly->qkv, M, t->h, d, t->qkv, 3 * d, 0);
+        while (atomic_load_explicit(&s->layers_ready[tk->req], memory_order_acquire) <= l)
+            lm_cpu_relax();
         attend(s, t, tk->req, l, L, M, t->qkv, 0, 1);
         mlp_residual(s, t, ly, M, t->x);
     }
@@ -313,6 +324,16 @@ static void score_chunk(void *ctx, int ti, int thread)
             acc += hr[i] * m->head_w[i];
         rq->scores[tk->c0 + r] = acc + m->head_b;
     }
+}
+
+/* Tasks 0..n-1 encode histories; the rest score candidate chunks. */
+static void run_task(void *ctx, int ti, int thread)
+{
+    lm_scorer *s = ctx;
+    if (ti < s->n_reqs)
+        encode_history(s, ti, thread);
+    else
+        score_chunk(s, ti - s->n_reqs, thread);
 }
 
 /* ---- entry point -------------------------------------------------------- */
@@ -373,8 +394,10 @@ int lm_scorer_run(lm_scorer *s, const lm_request *reqs, int n, char *err, size_t
         for (int c0 = 0; c0 < reqs[i].n_cands; c0 += ch)
             s->tasks[nt++] = (task){.req = i, .c0 = c0,
                                     .n = reqs[i].n_cands - c0 < ch ? reqs[i].n_cands - c0 : ch};
-    lm_pool_run(s->pool, encode_history, s, n);
-    lm_pool_run(s->pool, score_chunk, s, nt);
+    s->n_reqs = n;
+    for (int i = 0; i < n; i++)
+        atomic_store_explicit(&s->layers_ready[i], 0, memory_order_relaxed);
+    lm_pool_run(s->pool, run_task, s, n + nt);
     s->reqs = NULL;
     return 0;
 }

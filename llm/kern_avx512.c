@@ -8,6 +8,7 @@
 #include <immintrin.h>
 
 #define KSUFFIX avx512
+#define KOWN_EXP_OPS /* gelu and softmax below, in intrinsics */
 #include "llm/kern_common.h"
 
 #define MR 8 /* rows per register tile: 8 x 2 accumulators + 2 weights + 1 broadcast */
@@ -180,6 +181,85 @@ void lm_qgemm_avx512(int M, const int8_t *q, const float *s, const lm_pq8 *w,
                 QG_CASE(4) QG_CASE(3) QG_CASE(2) QG_CASE(1)
             }
         }
+    }
+}
+
+/* ---- elementwise: exp-based ops in intrinsics ---------------------------------
+ * The portable versions in kern_common.h divide and rebuild exponent bits;
+ * here 2^n comes from vscalefps and 1/x from vrcp14ps plus one Newton step
+ * (relative error ~2^-23), which halves the cost of GELU and softmax, the
+ * largest non-GEMM parts of a candidate's forward pass. */
+
+AI __m512 exp512(__m512 x)
+{
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    f = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), f);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, f), f, f), _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(y, n);
+}
+
+AI __m512 recip512(__m512 d)
+{
+    __m512 r = _mm512_rcp14_ps(d);
+    return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+}
+
+void lm_gelu_avx512(int M, int n, float *x, int ldx)
+{
+    const __m512 c0 = _mm512_set1_ps(-2.0f * 0.7978845608028654f), c1 = _mm512_set1_ps(0.044715f);
+    for (int r = 0; r < M; r++) {
+        float *xr = x + (size_t)r * ldx;
+        for (int i = 0; i < n; i += LM_PANEL) {
+            __mmask16 m = col_mask(n - i);
+            __m512 v = _mm512_maskz_loadu_ps(m, xr + i);
+            __m512 u = _mm512_mul_ps(c0, _mm512_fmadd_ps(_mm512_mul_ps(c1, _mm512_mul_ps(v, v)), v, v));
+            __m512 den = _mm512_add_ps(_mm512_set1_ps(1.0f), exp512(u));
+            _mm512_mask_storeu_ps(xr + i, m, _mm512_mul_ps(v, recip512(den)));
+        }
+    }
+}
+
+void lm_softmax_avx512(int M, int L, float *s, int lds, float *self, float scale, int causal)
+{
+    const __m512 vs = _mm512_set1_ps(scale);
+    for (int r = 0; r < M; r++) {
+        float *sr = s + (size_t)r * lds;
+        int n = causal ? (r + 1 < L ? r + 1 : L) : L;
+        __m512 vmax = _mm512_set1_ps(self ? self[r] : -INFINITY);
+        for (int i = 0; i < n; i += LM_PANEL)
+            vmax = _mm512_mask_max_ps(vmax, col_mask(n - i), vmax, _mm512_loadu_ps(sr + i));
+        __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax) * scale);
+        __m512 vsum = _mm512_setzero_ps();
+        for (int i = 0; i < n; i += LM_PANEL) {
+            __mmask16 m = col_mask(n - i);
+            __m512 e = exp512(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(m, sr + i), vs, mx));
+            vsum = _mm512_mask_add_ps(vsum, m, vsum, e);
+            _mm512_mask_storeu_ps(sr + i, m, e);
+        }
+        float es = 0.0f;
+        if (self) {
+            __m512 e = exp512(_mm512_fmsub_ps(_mm512_set1_ps(self[r]), vs, mx));
+            es = _mm512_cvtss_f32(e);
+        }
+        float inv = 1.0f / (_mm512_reduce_add_ps(vsum) + es);
+        __m512 vinv = _mm512_set1_ps(inv);
+        for (int i = 0; i < n; i += LM_PANEL) {
+            __mmask16 m = col_mask(n - i);
+            _mm512_mask_storeu_ps(sr + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sr + i), vinv));
+        }
+        for (int i = n; i < L; i++)
+            sr[i] = 0.0f;
+        if (self)
+            self[r] = es * inv;
     }
 }
 

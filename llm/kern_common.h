@@ -8,8 +8,8 @@
  * expf/tanhf are calls the vectorizer cannot see through.
  *
  * Include it after defining KSUFFIX (scalar, avx2, ...); it defines
- * lm_layernorm_<KSUFFIX>, lm_gelu_<KSUFFIX> and lm_softmax_<KSUFFIX> for the
- * kernel tables, and static helpers k_<op>_<KSUFFIX>. */
+ * lm_<op>_<KSUFFIX> for the kernel tables (gelu and softmax only unless
+ * KOWN_EXP_OPS is defined), and static helpers k_<op>_<KSUFFIX>. */
 #ifndef KSUFFIX
 #error "define KSUFFIX before including kern_common.h"
 #endif
@@ -136,6 +136,8 @@ void KFN(lm_layernorm)(int M, int d, const float *x, int ldx, const float *g, co
     }
 }
 
+#ifndef KOWN_EXP_OPS /* a target with its own gelu and softmax defines this */
+
 /* 0.5 x (1 + tanh(u)) == x / (1 + e^(-2u)), u = sqrt(2/pi) (x + 0.044715 x^3):
  * one exp and one division instead of a tanh. */
 void KFN(lm_gelu)(int M, int n, float *x, int ldx)
@@ -168,6 +170,7 @@ void KFN(lm_softmax)(int M, int L, float *s, int lds, float *self, float scale, 
             self[r] = es * inv;
     }
 }
+#endif /* KOWN_EXP_OPS */
 
 void KFN(lm_rowdot)(int M, int n, const float *a, const float *b, int ld, float *out)
 {

@@ -237,6 +237,15 @@ static void carve_model(carve *c, lm_model *m)
     char name[64];
     take_weight(c, "item_emb", &m->item);
     m->item.bias = NULL;
+    if (c->quant == LM_QUANT_INT8) {
+        const lm_st_tensor *t = lm_st_find(c->f, "item_emb");
+        int8_t *rows = take(c, t->nbytes);
+        if (rows)
+            memcpy(rows, t->data, t->nbytes);
+        m->item_rows_q = rows;
+    } else {
+        m->item_rows = take_vec(c, "item_emb");
+    }
     m->action_emb = take_vec(c, "action_emb");
     m->pos_emb = take_vec(c, "pos_emb");
     for (int l = 0; l < m->cfg.n_layers; l++) {
@@ -304,18 +313,14 @@ void lm_model_free(lm_model *m)
 
 void lm_model_item_row(const lm_model *m, int item, float *out)
 {
-    const int d = m->cfg.d_model, c = item % LM_PANEL;
+    const int d = m->cfg.d_model;
     if (m->quant == LM_QUANT_INT8) {
-        /* Within a panel, column c's k-values sit in 4-byte groups 64 bytes apart. */
-        const lm_pq8 *q = &m->item.q;
-        const int8_t *col = q->data + (size_t)(item / LM_PANEL) * q->kp * LM_PANEL + c * 4;
-        const float s = q->scale[item];
+        const int8_t *row = m->item_rows_q + (size_t)item * d;
+        const float s = m->item.q.scale[item];
         for (int i = 0; i < d; i++)
-            out[i] = (float)col[(i >> 2) * 64 + (i & 3)] * s;
+            out[i] = (float)row[i] * s;
     } else {
-        const float *col = m->item.f.data + (size_t)(item / LM_PANEL) * d * LM_PANEL + c;
-        for (int i = 0; i < d; i++)
-            out[i] = col[(size_t)i * LM_PANEL];
+        memcpy(out, m->item_rows + (size_t)item * d, sizeof(float) * d);
     }
 }
 

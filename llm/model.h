@@ -44,9 +44,13 @@ typedef struct lm_layer {
 typedef struct lm_model {
     lm_config cfg;
     lm_quant quant;
-    /* item_emb [n_items, d] as a bias-free linear: retrieval logits are
-     * u . item_emb^T, and candidate rows are read back from the panels. */
+    /* item_emb [n_items, d] twice: as a bias-free linear in panels, for
+     * retrieval (u . item_emb^T over the catalog), and row-major, for
+     * gathering the rows of a request's items (a panel spreads one row over
+     * d/4 cache lines). */
     lm_linear item;
+    const float *item_rows;    /* fp32 models */
+    const int8_t *item_rows_q; /* int8 models; scales in item.q.scale */
     const float *action_emb; /* [n_actions, d] */
     const float *pos_emb;    /* [max_hist + 1, d] */
     lm_layer layers[LM_MAX_LAYERS];

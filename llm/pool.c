@@ -49,13 +49,6 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-}
-
 /* Runs tasks of generation `gen` until none is left. */
 static void drain(lm_pool *p, uint32_t gen, int thread)
 {
@@ -83,7 +76,7 @@ static uint32_t wait_new_gen(lm_pool *p, uint32_t seen)
         uint32_t g = (uint32_t)(atomic_load_explicit(&p->state, memory_order_acquire) >> 32);
         if (g != seen || atomic_load(&p->stop))
             return g;
-        cpu_relax();
+        lm_cpu_relax();
         if ((i & 255) == 255 && now_ns() - t0 > SPIN_NS)
             break;
     }
@@ -178,5 +171,5 @@ void lm_pool_run(lm_pool *p, lm_task_fn fn, void *ctx, int n_tasks)
     }
     drain(p, gen, 0);
     while (atomic_load_explicit(&p->remaining, memory_order_acquire) > 0)
-        cpu_relax();
+        lm_cpu_relax();
 }

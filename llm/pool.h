@@ -18,7 +18,17 @@ int lm_pool_new(lm_pool **out, int n_threads, char *err, size_t errsz);
 void lm_pool_free(lm_pool *p); /* joins the workers; NULL is fine */
 int lm_pool_threads(const lm_pool *p);
 
-/* Not reentrant: one lm_pool_run at a time per pool. */
+/* Not reentrant: one lm_pool_run at a time per pool. Tasks are claimed in
+ * index order, so a task may wait for a lower-numbered one to make progress
+ * (it has been claimed by a running thread) but never for a higher one. */
 void lm_pool_run(lm_pool *p, lm_task_fn fn, void *ctx, int n_tasks);
+
+/* A polite busy-wait step (x86 pause). */
+static inline void lm_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
 
 #endif

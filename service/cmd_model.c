@@ -3,6 +3,7 @@
  * (../shared/reference/ranker_v1.py score) from outside. */
 #include "service/cmd_model.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,54 +119,177 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+typedef struct score_opts {
+    const char *model, *inputs, *output, *expect;
+    int threads;
+    lm_isa isa;
+    double tol; /* < 0: report only */
+} score_opts;
+
 static int score_usage(void)
 {
-    fprintf(stderr, "usage: rankd score MODEL INPUTS OUTPUT [--threads N] [--isa scalar|avx2|avx512|amx]\n"
-                    "  MODEL   fp32 or int8 ranker-v1 artifact (.safetensors)\n"
-                    "  INPUTS  safetensors with I32 hist_items [B,n], hist_actions [B,n], lengths [B], cands [B,m]\n"
-                    "  OUTPUT  written: F32 scores [B,m] and user_vec [B,d]\n");
+    fprintf(stderr,
+            "usage: rankd score MODEL INPUTS OUTPUT [--threads N] [--isa scalar|avx2|avx512|amx]\n"
+            "                   [--expect FILE [--tol X]]\n"
+            "  MODEL     fp32 or int8 ranker-v1 artifact (.safetensors)\n"
+            "  INPUTS    safetensors with I32 hist_items [B,n], hist_actions [B,n], lengths [B], cands [B,m]\n"
+            "  OUTPUT    written: F32 scores [B,m] and user_vec [B,d]\n"
+            "  --expect  compare with F32 scores/user_vec in FILE (a golden io file or another\n"
+            "            OUTPUT): max abs error and top-10 agreement of candidate rankings\n"
+            "  --tol     with --expect: exit 1 if a max abs error exceeds X\n");
     return 2;
+}
+
+static int parse_score_args(int argc, char **argv, score_opts *o)
+{
+    const char *pos[3];
+    int npos = 0;
+    *o = (score_opts){.isa = LM_ISA_COUNT, .tol = -1.0};
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--threads") && v) {
+            if (parse_int(v, 1, 1024, &o->threads))
+                return fprintf(stderr, "rankd score: --threads %s: expected 1..1024\n", v), -1;
+            i++;
+        } else if (!strcmp(a, "--isa") && v) {
+            if (lm_isa_parse(v, &o->isa))
+                return fprintf(stderr, "rankd score: --isa %s: expected scalar, avx2, avx512 or amx\n", v), -1;
+            i++;
+        } else if (!strcmp(a, "--expect") && v) {
+            o->expect = v;
+            i++;
+        } else if (!strcmp(a, "--tol") && v) {
+            char *end;
+            o->tol = strtod(v, &end);
+            if (end == v || *end || !(o->tol >= 0))
+                return fprintf(stderr, "rankd score: --tol %s: expected a number >= 0\n", v), -1;
+            i++;
+        } else if (a[0] == '-' || npos == 3) {
+            return -1;
+        } else {
+            pos[npos++] = a;
+        }
+    }
+    if (npos != 3 || (o->tol >= 0 && !o->expect))
+        return -1;
+    o->model = pos[0];
+    o->inputs = pos[1];
+    o->output = pos[2];
+    return 0;
+}
+
+/* Members of the top-k of `a` also in the top-k of `b` (k <= 64). */
+static int topk_overlap(const float *a, const float *b, int m, int k)
+{
+    int ia[64], ib[64];
+    for (int pass = 0; pass < 2; pass++) {
+        const float *x = pass ? b : a;
+        int *idx = pass ? ib : ia;
+        for (int j = 0; j < k; j++) {
+            int best = -1;
+            for (int c = 0; c < m; c++) {
+                int taken = 0;
+                for (int t = 0; t < j && !taken; t++)
+                    taken = idx[t] == c;
+                if (!taken && (best < 0 || x[c] > x[best]))
+                    best = c;
+            }
+            idx[j] = best;
+        }
+    }
+    int n = 0;
+    for (int i = 0; i < k; i++)
+        for (int j = 0; j < k; j++)
+            n += ia[i] == ib[j];
+    return n;
+}
+
+static int load_expected(const lm_st_file *f, const char *name, int64_t rows, int64_t cols,
+                         float **out, char *err, size_t errsz)
+{
+    int64_t shape[2] = {rows, cols};
+    const lm_st_tensor *t;
+    if (lm_st_expect(f, name, LM_DT_F32, 2, shape, &t, err, errsz))
+        return -1;
+    *out = malloc(t->nbytes + 1);
+    if (!*out)
+        return cm_errf(err, errsz, "out of memory");
+    memcpy(*out, t->data, t->nbytes);
+    return 0;
+}
+
+/* Prints how far OUTPUT is from the expected file; returns 1 when a max
+ * abs error exceeds the tolerance, -1 on error. */
+static int compare(const score_opts *o, int B, int m, int d, const float *scores, const float *user,
+                   char *err, size_t errsz)
+{
+    lm_st_file *f;
+    float *es = NULL, *eu = NULL;
+    if (lm_st_open(&f, o->expect, err, errsz))
+        return -1;
+    int rc = -1;
+    if (load_expected(f, "scores", B, m, &es, err, errsz) || load_expected(f, "user_vec", B, d, &eu, err, errsz))
+        goto out;
+    double ms = 0, mu = 0, agree = 0;
+    for (size_t i = 0; i < (size_t)B * m; i++)
+        ms = fmax(ms, fabs((double)scores[i] - es[i]));
+    for (size_t i = 0; i < (size_t)B * d; i++)
+        mu = fmax(mu, fabs((double)user[i] - eu[i]));
+    int k = m < 10 ? m : 10;
+    for (int b = 0; b < B && k > 0; b++)
+        agree += (double)topk_overlap(scores + (size_t)b * m, es + (size_t)b * m, m, k) / k;
+    printf("compared with %s: %d users x %d candidates\n"
+           "  scores   max abs error %.3g\n  user_vec max abs error %.3g\n"
+           "  top-%d agreement of candidate rankings %.4f\n",
+           o->expect, B, m, ms, mu, k, B && k ? agree / B : 1.0);
+    rc = 0;
+    if (o->tol >= 0 && (ms > o->tol || mu > o->tol)) {
+        printf("  FAIL: above the tolerance %g\n", o->tol);
+        rc = 1;
+    } else if (o->tol >= 0) {
+        printf("  ok: within the tolerance %g\n", o->tol);
+    }
+out:
+    free(es);
+    free(eu);
+    lm_st_close(f);
+    return rc;
+}
+
+static int write_output(const score_opts *o, const lm_scorer *sc, int B, int m, const float *scores,
+                        const float *user, char *err, size_t errsz)
+{
+    int64_t sshape[2] = {B, m}, ushape[2] = {B, lm_scorer_model(sc)->cfg.d_model};
+    lm_st_writer *w = lm_st_writer_new();
+    if (!w)
+        return cm_errf(err, errsz, "out of memory");
+    int rc = lm_st_writer_meta(w, "model", o->model, err, errsz) ||
+             lm_st_writer_meta(w, "isa", lm_scorer_kern(sc)->name, err, errsz) ||
+             lm_st_writer_add(w, "scores", LM_DT_F32, 2, sshape, scores, err, errsz) ||
+             lm_st_writer_add(w, "user_vec", LM_DT_F32, 2, ushape, user, err, errsz) ||
+             lm_st_writer_save(w, o->output, err, errsz);
+    lm_st_writer_free(w);
+    return rc ? -1 : 0;
 }
 
 int svc_cmd_score(int argc, char **argv)
 {
-    const char *pos[3];
-    int npos = 0, threads = 0;
-    lm_isa isa = LM_ISA_COUNT;
-    for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
-            if (parse_int(argv[++i], 1, 1024, &threads)) {
-                fprintf(stderr, "rankd score: --threads %s: expected 1..1024\n", argv[i]);
-                return 2;
-            }
-        } else if (strcmp(argv[i], "--isa") == 0 && i + 1 < argc) {
-            if (lm_isa_parse(argv[++i], &isa)) {
-                fprintf(stderr, "rankd score: --isa %s: expected scalar, avx2, avx512 or amx\n", argv[i]);
-                return 2;
-            }
-        } else if (argv[i][0] == '-' || npos == 3) {
-            return score_usage();
-        } else {
-            pos[npos++] = argv[i];
-        }
-    }
-    if (npos != 3)
+    score_opts o;
+    if (parse_score_args(argc, argv, &o))
         return score_usage();
-
-    char err[CM_ERRSZ];
+    char err[CM_ERRSZ] = "";
     lm_model *m = NULL;
     lm_st_file *f = NULL;
     lm_scorer *sc = NULL;
-    lm_st_writer *w = NULL;
     int32_t *buf = NULL;
     float *scores = NULL, *user = NULL;
     int rc = 1;
     score_inputs in = {0};
-    if (lm_model_load(&m, pos[0], err, sizeof err) || lm_st_open(&f, pos[1], err, sizeof err) ||
+    if (lm_model_load(&m, o.model, err, sizeof err) || lm_st_open(&f, o.inputs, err, sizeof err) ||
         read_inputs(f, &buf, &in, err, sizeof err))
         goto out;
-    lm_scorer_opts o = {.max_batch = SCORE_BATCH, .max_cands = in.m, .threads = threads, .isa = isa};
-    if (lm_scorer_new(&sc, m, &o, err, sizeof err))
+    lm_scorer_opts so = {.max_batch = SCORE_BATCH, .max_cands = in.m, .threads = o.threads, .isa = o.isa};
+    if (lm_scorer_new(&sc, m, &so, err, sizeof err))
         goto out;
     int d = m->cfg.d_model;
     scores = malloc(sizeof(float) * ((size_t)in.B * in.m + 1));
@@ -178,25 +302,19 @@ int svc_cmd_score(int argc, char **argv)
     if (score_all(sc, &in, scores, user, err, sizeof err))
         goto out;
     double dt = now_s() - t0;
-    int64_t sshape[2] = {in.B, in.m}, ushape[2] = {in.B, d};
-    w = lm_st_writer_new();
-    if (!w || lm_st_writer_meta(w, "model", pos[0], err, sizeof err) ||
-        lm_st_writer_meta(w, "isa", lm_scorer_kern(sc)->name, err, sizeof err) ||
-        lm_st_writer_add(w, "scores", LM_DT_F32, 2, sshape, scores, err, sizeof err) ||
-        lm_st_writer_add(w, "user_vec", LM_DT_F32, 2, ushape, user, err, sizeof err) ||
-        lm_st_writer_save(w, pos[2], err, sizeof err)) {
-        if (!w)
-            snprintf(err, sizeof err, "out of memory");
+    if (write_output(&o, sc, in.B, in.m, scores, user, err, sizeof err))
         goto out;
-    }
     fprintf(stderr, "rankd score: %d users x %d candidates (%s, %s, %d threads) in %.3f ms -> %s\n",
             in.B, in.m, m->quant == LM_QUANT_INT8 ? "int8" : "fp32", lm_scorer_kern(sc)->name,
-            lm_pool_threads(lm_scorer_pool(sc)), dt * 1e3, pos[2]);
+            lm_pool_threads(lm_scorer_pool(sc)), dt * 1e3, o.output);
     rc = 0;
+    if (o.expect) {
+        int c = compare(&o, in.B, in.m, d, scores, user, err, sizeof err);
+        rc = c < 0 ? 1 : c;
+    }
 out:
-    if (rc)
+    if (rc && err[0])
         fprintf(stderr, "rankd score: %s\n", err);
-    lm_st_writer_free(w);
     free(scores);
     free(user);
     free(buf);
@@ -214,7 +332,7 @@ int svc_cmd_quantize(int argc, char **argv)
                         "       channel, item embeddings per row; activations per token at run time)\n");
         return 2;
     }
-    char err[CM_ERRSZ];
+    char err[CM_ERRSZ] = "";
     lm_quantize_stats st;
     if (lm_quantize_file(argv[0], argv[1], &st, err, sizeof err)) {
         fprintf(stderr, "rankd quantize: %s\n", err);

@@ -1,0 +1,38 @@
+#!/usr/bin/env python3
+"""Sets rankd's CPU benchmark lines beside the PyTorch anchor's and prints the
+ratio per shape, plus the issue's targets. Usage: report.py RANKD.jsonl ANCHOR.jsonl"""
+import json, sys
+
+
+def lines(path):
+    with open(path) as f:
+        return [json.loads(l) for l in f if l.startswith("{")]
+
+
+rankd, anchor = lines(sys.argv[1]), lines(sys.argv[2])
+best = {(a["model"], a["B"]): a for a in anchor}
+print("\n== rankd vs PyTorch (same machine, same run; anchor = best of its fp32 and dynamic int8, all cores)")
+print(f"{'model':8} {'quant':5} {'isa':7} {'thr':>3} {'B':>3} {'latency us':>11} {'cand/s':>11} "
+      f"{'GMAC/s':>7} {'anchor cand/s':>14} {'ratio':>7}")
+for r in (r for r in rankd if r["bench"] == "score"):
+    a = best.get((r["model"], r["B"]))
+    ac = f"{a['cand_per_s']:>14,}" if a else f"{'-':>14}"
+    ratio = f"{r['cand_per_s'] / a['cand_per_s']:>6.1f}x" if a else f"{'-':>7}"
+    print(f"{r['model']:8} {r['quant']:5} {r['isa']:7} {r['threads']:>3} {r['B']:>3} {r['us']:>11,.1f} "
+          f"{r['cand_per_s']:>11,.0f} {r['gmacs']:>7.1f} {ac} {ratio}")
+print("\n== retrieval (top-100 of the catalog, history excluded)")
+for r in (r for r in rankd if r["bench"] == "retrieve"):
+    print(f"{r['model']:8} {r['quant']:5} threads {r['threads']} B={r['B']:<3} {r['items']:,} items: {r['us']:,.1f} us")
+
+print("\n== targets")
+allc = max((r["threads"] for r in rankd if r["bench"] == "score"), default=1)
+for r in rankd:
+    if r["bench"] == "score" and r["quant"] == "int8" and r["threads"] == allc:
+        a = best.get((r["model"], r["B"]))
+        if a:
+            x = r["cand_per_s"] / a["cand_per_s"]
+            print(f"int8 B={r['B']:<2} {allc} threads: {x:.1f}x the anchor's best (target >= 10x): "
+                  f"{'met' if x >= 10 else 'NOT met'}")
+        if r["B"] == 1:
+            print(f"int8 B=1 512 candidates, {allc} threads: {r['us']:.0f} us (target < 1000 us): "
+                  f"{'met' if r['us'] < 1000 else 'NOT met'}")
