@@ -361,9 +361,14 @@ static int validate(const lm_scorer *s, const lm_request *reqs, int n, char *err
         if (r->n_cands < 0 || r->n_cands > s->o.max_cands)
             return cm_errf(err, errsz, "request %d: %d candidates, this scorer takes 0..%d", i,
                            r->n_cands, s->o.max_cands);
-        if ((r->n_hist && (!r->hist_items || !r->hist_actions)) ||
-            (r->n_cands && (!r->cands || !r->scores)))
-            return cm_errf(err, errsz, "request %d: missing history, candidate or score array", i);
+        const char *missing = r->n_hist && !r->hist_items     ? "hist_items"
+                              : r->n_hist && !r->hist_actions ? "hist_actions"
+                              : r->n_cands && !r->cands       ? "cands"
+                              : r->n_cands && !r->scores      ? "scores" : NULL;
+        if (missing)
+            return cm_errf(err, errsz, "request %d: %s is NULL with %d %s", i, missing,
+                           r->n_hist && missing[0] == 'h' ? r->n_hist : r->n_cands,
+                           missing[0] == 'h' ? "history events" : "candidates");
         if (check_ids(r->hist_items, r->n_hist, c->n_items, i, "hist_items", err, errsz) ||
             check_ids(r->hist_actions, r->n_hist, c->n_actions, i, "hist_actions", err, errsz) ||
             check_ids(r->cands, r->n_cands, c->n_items, i, "cands", err, errsz))

@@ -116,11 +116,12 @@ static void quant_rows_avx2(int M, int k, const float *x, int ldx, int8_t *q, in
             s[r] = 0.0f;
             continue;
         }
-        float inv = 127.0f / amax;
-        __m256 vinv = _mm256_set1_ps(inv);
+        float boost = LM_QUANT_BOOST(amax);
+        float inv = 127.0f / (amax * boost);
+        __m256 vinv = _mm256_set1_ps(inv), vb = _mm256_set1_ps(boost);
         __m256 hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
         for (i = 0; i + 8 <= k; i += 8) {
-            __m256 v = _mm256_mul_ps(_mm256_loadu_ps(xr + i), vinv);
+            __m256 v = _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + i), vb), vinv);
             v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
             v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
             int32_t qi[8];
@@ -129,7 +130,7 @@ static void quant_rows_avx2(int M, int k, const float *x, int ldx, int8_t *q, in
                 qr[i + j] = (int8_t)qi[j];
         }
         for (; i < k; i++) {
-            float v = rintf(xr[i] * inv);
+            float v = rintf(xr[i] * boost * inv);
             v = v > 127.0f ? 127.0f : v;
             v = v < -127.0f ? -127.0f : v;
             qr[i] = (int8_t)v;

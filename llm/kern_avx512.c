@@ -102,11 +102,12 @@ void lm_quant_rows_avx512(int M, int k, const float *x, int ldx, int8_t *q, int 
             s[r] = 0.0f;
             continue;
         }
-        __m512 inv = _mm512_set1_ps(127.0f / amax);
+        float boost = LM_QUANT_BOOST(amax);
+        __m512 inv = _mm512_set1_ps(127.0f / (amax * boost)), vb = _mm512_set1_ps(boost);
         __m512 hi = _mm512_set1_ps(127.0f), lo = _mm512_set1_ps(-127.0f);
         for (int i = 0; i < k; i += LM_PANEL) {
             __mmask16 m = col_mask(k - i);
-            __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, xr + i), inv);
+            __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, xr + i), vb), inv);
             v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
             v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
             _mm_mask_storeu_epi8(qr + i, m, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
@@ -236,7 +237,7 @@ void lm_softmax_avx512(int M, int L, float *s, int lds, float *self, float scale
         int n = causal ? (r + 1 < L ? r + 1 : L) : L;
         __m512 vmax = _mm512_set1_ps(self ? self[r] : -INFINITY);
         for (int i = 0; i < n; i += LM_PANEL)
-            vmax = _mm512_mask_max_ps(vmax, col_mask(n - i), vmax, _mm512_loadu_ps(sr + i));
+            vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vmax, col_mask(n - i), sr + i));
         __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax) * scale);
         __m512 vsum = _mm512_setzero_ps();
         for (int i = 0; i < n; i += LM_PANEL) {

@@ -123,9 +123,10 @@ void lm_quantize_row_ref(const float *x, int k, int8_t *q, float *scale)
         *scale = 0.0f;
         return;
     }
-    float inv = 127.0f / amax;
+    float boost = LM_QUANT_BOOST(amax);
+    float inv = 127.0f / (amax * boost);
     for (int i = 0; i < k; i++) {
-        float v = rintf(x[i] * inv);
+        float v = rintf(x[i] * boost * inv);
         v = v > 127.0f ? 127.0f : v;
         v = v < -127.0f ? -127.0f : v;
         q[i] = (int8_t)v;

@@ -78,7 +78,10 @@ lm_pq8 lm_pq8_view(const lm_pq8 *p, int p0, int np);
 /* The scalar reference quantizer: symmetric, one scale per row.
  * amax = max|x|; scale = amax / 127; q = rint(x * (127 / amax)) in [-127, 127];
  * a zero row gets scale 0 and q = 0. Weights (per output channel) and
- * activations (per token, dynamically) both use it. */
+ * activations (per token, dynamically) both use it. For amax below 2^-100,
+ * 127 / amax would overflow, so x and amax are first multiplied by 2^100
+ * (exact, and 1 for every other row): q = rint((x * boost) * (127 / (amax * boost))). */
+#define LM_QUANT_BOOST(amax) ((amax) < 0x1p-100f ? 0x1p100f : 1.0f)
 void lm_quantize_row_ref(const float *x, int k, int8_t *q, float *scale);
 
 typedef struct lm_kern {

@@ -169,7 +169,7 @@ int lm_model_check(const lm_st_file *f, const lm_config *cfg, lm_quant quant, ch
                          strncmp(name, specs[j].name, len) == 0 && strcmp(name + len, "_scale") == 0);
             }
             if (!known) {
-                rc = cm_errf(err, errsz, "%s: unexpected tensor %s for a %s %s model", lm_st_path(f),
+                rc = cm_errf(err, errsz, "%s: unexpected tensor %s for an %s %s model", lm_st_path(f),
                              name, quant == LM_QUANT_INT8 ? "int8" : "fp32", LM_ARCH);
                 break;
             }

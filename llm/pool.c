@@ -94,7 +94,8 @@ static void *worker_main(void *arg)
 {
     worker *w = arg;
     lm_pool *p = w->pool;
-    uint32_t seen = (uint32_t)(atomic_load(&p->state) >> 32);
+    uint32_t seen = 0; /* the generation lm_pool_new starts at: a job published
+                          before this thread ran is still new to it */
     for (;;) {
         seen = wait_new_gen(p, seen);
         if (atomic_load(&p->stop))

@@ -135,7 +135,8 @@ int lm_retriever_new(lm_retriever **out, const lm_model *m, lm_pool *pool, lm_is
     lm_retriever *r = calloc(1, sizeof *r);
     if (!r)
         return cm_errf(err, errsz, "retriever: out of memory");
-    int threads = lm_pool_threads(pool), panels = m->item.f.n_panels ? m->item.f.n_panels : m->item.q.n_panels;
+    int threads = lm_pool_threads(pool);
+    int panels = m->quant == LM_QUANT_INT8 ? m->item.q.n_panels : m->item.f.n_panels;
     r->m = m;
     r->k = k;
     r->pool = pool;
@@ -249,13 +250,17 @@ int lm_retrieve(lm_retriever *r, lm_retrieval *reqs, int n, char *err, size_t er
         if (reqs[b].n_exclude < 0 || reqs[b].n_exclude > r->max_exclude)
             return cm_errf(err, errsz, "retrieval %d: %d exclusions, this retriever takes 0..%d", b,
                            reqs[b].n_exclude, r->max_exclude);
-        if (!reqs[b].user_vec || !reqs[b].items || !reqs[b].scores ||
-            (reqs[b].n_exclude && !reqs[b].exclude))
-            return cm_errf(err, errsz, "retrieval %d: missing user vector, exclusion or output array", b);
+        const char *missing = !reqs[b].user_vec ? "user_vec"
+                              : !reqs[b].items  ? "items"
+                              : !reqs[b].scores ? "scores"
+                              : reqs[b].n_exclude && !reqs[b].exclude ? "exclude" : NULL;
+        if (missing)
+            return cm_errf(err, errsz, "retrieval %d: %s is NULL", b, missing);
     }
     for (int b = 0; b < n; b++) {
         int32_t *e = r->excl + (size_t)b * (r->max_exclude + 1);
-        memcpy(e, reqs[b].exclude, sizeof(int32_t) * reqs[b].n_exclude);
+        if (reqs[b].n_exclude > 0)
+            memcpy(e, reqs[b].exclude, sizeof(int32_t) * reqs[b].n_exclude);
         qsort(e, (size_t)reqs[b].n_exclude, sizeof *e, cmp_i32);
         r->n_excl[b] = reqs[b].n_exclude;
         if (m->quant == LM_QUANT_INT8)
