@@ -271,11 +271,11 @@ static void encode_history(lm_scorer *s, int b, int thread)
         atomic_store_explicit(&s->layers_ready[b], m->cfg.n_layers, memory_order_release);
         return;
     }
+    lm_model_item_rows(m, rq->hist_items, L, t->x);
     for (int tok = 0; tok < L; tok++) {
         float *xr = t->x + (size_t)tok * d;
         const float *a = m->action_emb + (size_t)rq->hist_actions[tok] * d;
         const float *p = m->pos_emb + (size_t)(L - tok) * d;
-        lm_model_item_row(m, rq->hist_items[tok], xr);
         for (int i = 0; i < d; i++)
             xr[i] = xr[i] + a[i] + p[i];
     }
@@ -301,9 +301,9 @@ static void score_chunk(lm_scorer *s, int ti, int thread)
     const task *tk = &s->tasks[ti];
     const lm_request *rq = &s->reqs[tk->req];
     const int d = s->d, M = tk->n, L = rq->n_hist;
+    lm_model_item_rows(m, rq->cands + tk->c0, M, t->x);
     for (int r = 0; r < M; r++) {
         float *xr = t->x + (size_t)r * d;
-        lm_model_item_row(m, rq->cands[tk->c0 + r], xr);
         for (int i = 0; i < d; i++)
             xr[i] += m->pos_emb[i];
     }

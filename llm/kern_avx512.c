@@ -8,7 +8,7 @@
 #include <immintrin.h>
 
 #define KSUFFIX avx512
-#define KOWN_EXP_OPS /* gelu and softmax below, in intrinsics */
+#define KOWN_OPS /* gelu, softmax, layernorm and rowdot below, in intrinsics */
 #include "llm/kern_common.h"
 
 #define MR 8 /* rows per register tile: 8 x 2 accumulators + 2 weights + 1 broadcast */
@@ -261,6 +261,48 @@ void lm_softmax_avx512(int M, int L, float *s, int lds, float *self, float scale
             sr[i] = 0.0f;
         if (self)
             self[r] = es * inv;
+    }
+}
+
+/* Row reductions: one vector accumulator and the hardware's horizontal add,
+ * instead of the portable code's 16 lanes spilled to the stack. */
+void lm_rowdot_avx512(int M, int n, const float *a, const float *b, int ld, float *out)
+{
+    for (int r = 0; r < M; r++) {
+        const float *ar = a + (size_t)r * ld, *br = b + (size_t)r * ld;
+        __m512 acc = _mm512_setzero_ps();
+        for (int i = 0; i < n; i += LM_PANEL) {
+            __mmask16 m = col_mask(n - i);
+            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, ar + i), _mm512_maskz_loadu_ps(m, br + i), acc);
+        }
+        out[r] = _mm512_reduce_add_ps(acc);
+    }
+}
+
+void lm_layernorm_avx512(int M, int d, const float *x, int ldx, const float *g, const float *b,
+                         float *y, int ldy)
+{
+    const float inv_d = 1.0f / (float)d;
+    for (int r = 0; r < M; r++) {
+        const float *xr = x + (size_t)r * ldx;
+        float *yr = y + (size_t)r * ldy;
+        __m512 sum = _mm512_setzero_ps();
+        for (int i = 0; i < d; i += LM_PANEL)
+            sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(col_mask(d - i), xr + i));
+        __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(sum) * inv_d);
+        __m512 sq = _mm512_setzero_ps();
+        for (int i = 0; i < d; i += LM_PANEL) {
+            __mmask16 m = col_mask(d - i);
+            __m512 v = _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, xr + i), mean);
+            sq = _mm512_fmadd_ps(v, v, sq);
+        }
+        __m512 rstd = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(sq) * inv_d + 1e-5f));
+        for (int i = 0; i < d; i += LM_PANEL) {
+            __mmask16 m = col_mask(d - i);
+            __m512 v = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, xr + i), mean), rstd);
+            v = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m, g + i), _mm512_maskz_loadu_ps(m, b + i));
+            _mm512_mask_storeu_ps(yr + i, m, v);
+        }
     }
 }
 

@@ -8,8 +8,8 @@
  * expf/tanhf are calls the vectorizer cannot see through.
  *
  * Include it after defining KSUFFIX (scalar, avx2, ...); it defines
- * lm_<op>_<KSUFFIX> for the kernel tables (gelu and softmax only unless
- * KOWN_EXP_OPS is defined), and static helpers k_<op>_<KSUFFIX>. */
+ * lm_<op>_<KSUFFIX> for the kernel tables (all but rowaxpy only unless
+ * KOWN_OPS is defined), and static helpers k_<op>_<KSUFFIX>. */
 #ifndef KSUFFIX
 #error "define KSUFFIX before including kern_common.h"
 #endif
@@ -122,6 +122,8 @@ void KFN(lm_softmax)(int M, int L, float *s, int lds, float *self, float scale, 
 void KFN(lm_rowdot)(int M, int n, const float *a, const float *b, int ld, float *out);
 void KFN(lm_rowaxpy)(int M, int n, const float *alpha, const float *x, int ldx, float *y, int ldy);
 
+#ifndef KOWN_OPS /* a target with its own gelu, softmax, layernorm and rowdot defines this */
+
 void KFN(lm_layernorm)(int M, int d, const float *x, int ldx, const float *g, const float *b,
                        float *y, int ldy)
 {
@@ -135,8 +137,6 @@ void KFN(lm_layernorm)(int M, int d, const float *x, int ldx, const float *g, co
             yr[i] = KFMA((xr[i] - mean) * rstd, g[i], b[i]);
     }
 }
-
-#ifndef KOWN_EXP_OPS /* a target with its own gelu and softmax defines this */
 
 /* 0.5 x (1 + tanh(u)) == x / (1 + e^(-2u)), u = sqrt(2/pi) (x + 0.044715 x^3):
  * one exp and one division instead of a tanh. */
@@ -170,7 +170,6 @@ void KFN(lm_softmax)(int M, int L, float *s, int lds, float *self, float scale, 
             self[r] = es * inv;
     }
 }
-#endif /* KOWN_EXP_OPS */
 
 void KFN(lm_rowdot)(int M, int n, const float *a, const float *b, int ld, float *out)
 {
@@ -186,6 +185,8 @@ void KFN(lm_rowdot)(int M, int n, const float *a, const float *b, int ld, float 
         out[r] = KFN(k_lanes_sum)(acc);
     }
 }
+
+#endif /* KOWN_OPS */
 
 void KFN(lm_rowaxpy)(int M, int n, const float *alpha, const float *x, int ldx, float *y, int ldy)
 {

@@ -324,6 +324,17 @@ void lm_model_item_row(const lm_model *m, int item, float *out)
     }
 }
 
+void lm_model_item_rows(const lm_model *m, const int32_t *items, int n, float *out)
+{
+    const size_t row = (size_t)m->cfg.d_model * (m->quant == LM_QUANT_INT8 ? 1 : sizeof(float));
+    const char *base = m->quant == LM_QUANT_INT8 ? (const char *)m->item_rows_q : (const char *)m->item_rows;
+    for (int i = 0; i < n; i++)
+        for (size_t off = 0; off < row; off += 64)
+            __builtin_prefetch(base + (size_t)items[i] * row + off);
+    for (int i = 0; i < n; i++)
+        lm_model_item_row(m, items[i], out + (size_t)i * m->cfg.d_model);
+}
+
 long long lm_model_macs_per_candidate(const lm_config *c, int n_hist)
 {
     long long d = c->d_model, f = c->d_ffn;

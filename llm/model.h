@@ -89,6 +89,9 @@ void lm_model_free(lm_model *m);
 
 /* Writes the embedding row of `item` (dequantized for int8 models) to out[d]. */
 void lm_model_item_row(const lm_model *m, int item, float *out);
+/* The rows of items[0..n) to out[n, d]. A request's items are scattered
+ * over the table, so all rows are prefetched before the first is read. */
+void lm_model_item_rows(const lm_model *m, const int32_t *items, int n, float *out);
 
 /* Parameter counts, and multiply-accumulates per candidate (the ranking
  * path after the history is encoded), for reports. */
