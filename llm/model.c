@@ -148,6 +148,37 @@ static int check_one(const lm_st_file *f, const lm_tensor_spec *s, lm_quant quan
     return 0;
 }
 
+/* vocab.items: n_items - 1 non-empty lines of at most LM_MAX_ID_LEN bytes. */
+static int check_vocab(const lm_st_file *f, const lm_config *cfg, int *matched, char *err, size_t errsz)
+{
+    const lm_st_tensor *t = lm_st_find(f, LM_VOCAB_TENSOR);
+    if (!t)
+        return 0;
+    if (t->dtype != LM_DT_U8 || t->ndim != 1)
+        return cm_errf(err, errsz, "%s: tensor " LM_VOCAB_TENSOR " must be U8 with 1 dimension",
+                       lm_st_path(f));
+    const char *p = t->data;
+    int64_t lines = 0, len = 0;
+    for (int64_t i = 0; i < t->numel; i++) {
+        if (p[i] == '\n') {
+            if (len == 0)
+                return cm_errf(err, errsz, "%s: " LM_VOCAB_TENSOR ": the id of row %lld is empty",
+                               lm_st_path(f), (long long)lines + 1);
+            lines++;
+            len = 0;
+        } else if (p[i] == '\0' || ++len > LM_MAX_ID_LEN) {
+            return cm_errf(err, errsz, "%s: " LM_VOCAB_TENSOR ": the id of row %lld %s", lm_st_path(f),
+                           (long long)lines + 1, p[i] ? "is longer than 256 bytes" : "holds a NUL byte");
+        }
+    }
+    if (len != 0 || lines != cfg->n_items - 1)
+        return cm_errf(err, errsz, "%s: " LM_VOCAB_TENSOR " holds %lld newline-terminated ids, "
+                       "expected %d (rows 1..n_items-1)", lm_st_path(f), (long long)lines + (len != 0),
+                       cfg->n_items - 1);
+    *matched += 1;
+    return 0;
+}
+
 int lm_model_check(const lm_st_file *f, const lm_config *cfg, lm_quant quant, char *err,
                    size_t errsz)
 {
@@ -157,11 +188,13 @@ int lm_model_check(const lm_st_file *f, const lm_config *cfg, lm_quant quant, ch
     int n = lm_tensor_specs(cfg, specs), matched = 0, rc = 0;
     for (int i = 0; i < n && rc == 0; i++)
         rc = check_one(f, &specs[i], quant, &matched, err, errsz);
+    if (rc == 0)
+        rc = check_vocab(f, cfg, &matched, err, errsz);
     if (rc == 0 && matched != lm_st_count(f)) {
         /* Something extra: name the first tensor no spec claims. */
         for (int i = 0; i < lm_st_count(f); i++) {
             const char *name = lm_st_at(f, i)->name;
-            int known = 0;
+            int known = strcmp(name, LM_VOCAB_TENSOR) == 0;
             for (int j = 0; j < n && !known; j++) {
                 size_t len = strlen(specs[j].name);
                 known = strcmp(name, specs[j].name) == 0 ||
@@ -232,6 +265,29 @@ static void take_linear(carve *c, lm_linear *lin, int l, const char *what)
     lin->bias = take_vec(c, name);
 }
 
+/* The ids' bytes with each newline made a NUL, and a pointer per row. */
+static void take_vocab(carve *c, lm_model *m)
+{
+    const lm_st_tensor *t = lm_st_find(c->f, LM_VOCAB_TENSOR);
+    if (!t)
+        return;
+    const char **ids = take(c, sizeof(char *) * (size_t)m->cfg.n_items);
+    char *bytes = take(c, t->nbytes + 1);
+    if (!ids)
+        return;
+    memcpy(bytes, t->data, t->nbytes);
+    bytes[t->nbytes] = '\0';
+    ids[0] = bytes + t->nbytes;
+    char *p = bytes;
+    for (int row = 1; row < m->cfg.n_items; row++) {
+        char *nl = strchr(p, '\n');
+        *nl = '\0';
+        ids[row] = p;
+        p = nl + 1;
+    }
+    m->item_ids = ids;
+}
+
 static void carve_model(carve *c, lm_model *m)
 {
     char name[64];
@@ -263,6 +319,7 @@ static void carve_model(carve *c, lm_model *m)
         take_linear(c, &L->up, l, "ffn.up");
         take_linear(c, &L->down, l, "ffn.down");
     }
+    take_vocab(c, m);
     m->lnf_w = take_vec(c, "ln_f.weight");
     m->lnf_b = take_vec(c, "ln_f.bias");
     m->head_w = take_vec(c, "head.weight");
@@ -333,6 +390,31 @@ void lm_model_item_rows(const lm_model *m, const int32_t *items, int n, float *o
             __builtin_prefetch(base + (size_t)items[i] * row + off);
     for (int i = 0; i < n; i++)
         lm_model_item_row(m, items[i], out + (size_t)i * m->cfg.d_model);
+}
+
+int lm_vocab_write(lm_st_writer *w, const char *const *ids, int n_items, char *err, size_t errsz)
+{
+    size_t bytes = 0;
+    for (int i = 1; i < n_items; i++) {
+        size_t len = strlen(ids[i]);
+        if (len == 0 || len > LM_MAX_ID_LEN || strchr(ids[i], '\n'))
+            return cm_errf(err, errsz, "item id of row %d (\"%.40s\") must be 1..%d bytes without "
+                           "newlines", i, ids[i], LM_MAX_ID_LEN);
+        bytes += len + 1;
+    }
+    char *buf = malloc(bytes ? bytes : 1), *p = buf;
+    if (!buf)
+        return cm_errf(err, errsz, "out of memory for the vocabulary");
+    for (int i = 1; i < n_items; i++) {
+        size_t len = strlen(ids[i]);
+        memcpy(p, ids[i], len);
+        p[len] = '\n';
+        p += len + 1;
+    }
+    int64_t shape = (int64_t)bytes;
+    int rc = lm_st_writer_add(w, LM_VOCAB_TENSOR, LM_DT_U8, 1, &shape, buf, err, errsz);
+    free(buf);
+    return rc;
 }
 
 long long lm_model_macs_per_candidate(const lm_config *c, int n_hist)

@@ -7,6 +7,9 @@
  *         item_emb are I8 with a F32 "<name>_scale" [rows] beside them
  *         (symmetric, one scale per output channel / per item row);
  *         everything else stays F32.
+ * Either kind may carry its item vocabulary: the optional U8 tensor
+ * "vocab.items" holds the string ids of rows 1..n_items-1, one per line, so
+ * that the service can map the ids in events to embedding rows.
  * The loader checks every tensor the config needs (name, dtype, shape,
  * finite values) and rejects tensors it does not know. */
 #ifndef RANKD_LLM_MODEL_H
@@ -18,6 +21,8 @@
 #include "llm/safetensors.h"
 
 #define LM_ARCH "ranker-v1"
+#define LM_VOCAB_TENSOR "vocab.items"
+#define LM_MAX_ID_LEN 256 /* bytes of one item id */
 #define LM_MAX_LAYERS 64
 
 typedef struct lm_config {
@@ -57,6 +62,7 @@ typedef struct lm_model {
     const float *lnf_w, *lnf_b; /* [d] */
     const float *head_w;        /* [d] */
     float head_b;
+    const char **item_ids; /* [n_items] ids by row ("" for row 0); NULL without a vocabulary */
     void *arena; /* one allocation holds every packed tensor */
     size_t arena_bytes;
 } lm_model;
@@ -86,6 +92,10 @@ int lm_model_check(const lm_st_file *f, const lm_config *cfg, lm_quant quant, ch
 /* Loads an fp32 or int8 artifact. The file is mapped only while loading. */
 int lm_model_load(lm_model **out, const char *path, char *err, size_t errsz);
 void lm_model_free(lm_model *m);
+
+/* Adds the vocabulary tensor for ids[1..n_items-1] (ids[0] is ignored).
+ * Ids must be 1..LM_MAX_ID_LEN bytes without newlines. */
+int lm_vocab_write(lm_st_writer *w, const char *const *ids, int n_items, char *err, size_t errsz);
 
 /* Writes the embedding row of `item` (dequantized for int8 models) to out[d]. */
 void lm_model_item_row(const lm_model *m, int item, float *out);

@@ -65,6 +65,12 @@ static int build(const lm_st_file *f, lm_st_writer *w, const lm_config *cfg,
         }
     }
     free(specs);
+    const lm_st_tensor *v = lm_st_find(f, LM_VOCAB_TENSOR);
+    if (rc == 0 && v) {
+        rc = lm_st_writer_add(w, v->name, v->dtype, v->ndim, v->shape, v->data, err, errsz);
+        st->bytes_in += v->nbytes;
+        st->bytes_out += v->nbytes;
+    }
     return rc;
 }
 
