@@ -36,11 +36,12 @@ typedef struct lm_eval_opts {
     int retrieve_n;     /* two-stage: candidates re-ranked (>= 20); 0: 100 */
     int max_users;      /* 0: every evaluable user; else the first max_users of them */
     int threads;        /* 0: all cores */
-    lm_isa isa;         /* LM_ISA_COUNT: lm_isa_default() */
+    lm_isa isa;         /* LM_ISA_COUNT: lm_isa_default(); note that 0 is LM_ISA_SCALAR */
     int progress;       /* print progress lines to stderr on long runs */
 } lm_eval_opts;
 
 typedef struct lm_eval_result {
+    lm_split split;
     lm_metrics retrieval, two_stage, popularity;
     double seconds;     /* wall time of the model's part */
 } lm_eval_result;
