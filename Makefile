@@ -28,10 +28,12 @@ VERSION := 0.1.0
 CFLAGS_COMMON := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
                  -Wstrict-prototypes -Wmissing-prototypes -Wvla \
                  -ffp-contract=off -fno-math-errno -g -MMD -MP -I. \
-                 -DRANKD_VERSION='"$(VERSION)"' -DRANKD_GIT='"$(GIT_REV)"'
+                 -DRANKD_VERSION='"$(VERSION)"' -DRANKD_GIT='"$(GIT_REV)"' $(BLAS_CFLAGS)
 OPT     ?= -O2
 KOPT    ?= -O3
-LDLIBS  := -ljansson -lpthread -lm
+BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null)
+BLAS_LIBS   := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
+LDLIBS  := -ljansson $(BLAS_LIBS) -lpthread -lm
 
 ifeq ($(SAN),1)
 CFLAGS_COMMON += -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
@@ -43,10 +45,10 @@ ALL_CFLAGS = $(CFLAGS_COMMON) $(CFLAGS)
 # ---- sources ---------------------------------------------------------------
 
 LLM_SRCS := llm/safetensors.c llm/model.c llm/forward.c llm/kernels.c llm/pool.c \
-            llm/retrieval.c llm/quantize.c \
+            llm/retrieval.c llm/quantize.c llm/eval.c llm/train_ops.c llm/train_model.c llm/train.c \
             llm/kern_scalar.c llm/kern_avx2.c llm/kern_avx512.c llm/kern_amx.c
-SVC_SRCS := service/cmd_model.c
-LIB_SRCS := $(LLM_SRCS) $(SVC_SRCS)
+SVC_SRCS := service/cmd_model.c service/cmd_train.c service/args.c
+LIB_SRCS := common/strmap.c llm/dataset.c llm/dataset_load.c llm/synth.c $(LLM_SRCS) $(SVC_SRCS)
 MAIN_SRC := service/main.c
 
 # Kernels are compiled once per instruction set and picked at run time.

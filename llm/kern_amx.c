@@ -17,6 +17,7 @@ void lm_quant_rows_avx512(int M, int k, const float *x, int ldx, int8_t *q, int 
 void lm_layernorm_avx512(int M, int d, const float *x, int ldx, const float *g, const float *b,
                          float *y, int ldy);
 void lm_gelu_avx512(int M, int n, float *x, int ldx);
+void lm_gelu_grad_avx512(size_t n, const float *x, const float *dy, float *dx);
 void lm_softmax_avx512(int M, int L, float *s, int lds, float *self, float scale, int causal);
 void lm_rowdot_avx512(int M, int n, const float *a, const float *b, int ld, float *out);
 void lm_rowaxpy_avx512(int M, int n, const float *alpha, const float *x, int ldx, float *y, int ldy);
@@ -150,6 +151,7 @@ const lm_kern lm_kern_amx = {
     .qgemm = qgemm_amx,
     .layernorm = lm_layernorm_avx512,
     .gelu = lm_gelu_avx512,
+    .gelu_grad = lm_gelu_grad_avx512,
     .softmax = lm_softmax_avx512,
     .rowdot = lm_rowdot_avx512,
     .rowaxpy = lm_rowaxpy_avx512,

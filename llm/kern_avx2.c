@@ -209,6 +209,7 @@ const lm_kern lm_kern_avx2 = {
     .qgemm = qgemm_avx2,
     .layernorm = lm_layernorm_avx2,
     .gelu = lm_gelu_avx2,
+    .gelu_grad = lm_gelu_grad_avx2,
     .softmax = lm_softmax_avx2,
     .rowdot = lm_rowdot_avx2,
     .rowaxpy = lm_rowaxpy_avx2,

@@ -314,6 +314,7 @@ const lm_kern lm_kern_avx512 = {
     .qgemm = lm_qgemm_avx512,
     .layernorm = lm_layernorm_avx512,
     .gelu = lm_gelu_avx512,
+    .gelu_grad = lm_gelu_grad_avx512,
     .softmax = lm_softmax_avx512,
     .rowdot = lm_rowdot_avx512,
     .rowaxpy = lm_rowaxpy_avx512,

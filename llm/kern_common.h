@@ -121,6 +121,7 @@ void KFN(lm_gelu)(int M, int n, float *x, int ldx);
 void KFN(lm_softmax)(int M, int L, float *s, int lds, float *self, float scale, int causal);
 void KFN(lm_rowdot)(int M, int n, const float *a, const float *b, int ld, float *out);
 void KFN(lm_rowaxpy)(int M, int n, const float *alpha, const float *x, int ldx, float *y, int ldy);
+void KFN(lm_gelu_grad)(size_t n, const float *x, const float *dy, float *dx);
 
 #ifndef KOWN_OPS /* a target with its own gelu, softmax, layernorm and rowdot defines this */
 
@@ -195,5 +196,18 @@ void KFN(lm_rowaxpy)(int M, int n, const float *alpha, const float *x, int ldx, 
         float *yr = y + (size_t)r * ldy;
         for (int i = 0; i < n; i++)
             yr[i] = KFMA(alpha[r], xr[i], yr[i]);
+    }
+}
+
+/* gelu = x s with s = 1 / (1 + e^(-2u)), so
+ * gelu' = s + x s (1 - s) 2 u', u' = sqrt(2/pi) (1 + 3 0.044715 x^2). */
+void KFN(lm_gelu_grad)(size_t n, const float *x, const float *dy, float *dx)
+{
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        float u = 0.7978845608028654f * KFMA(0.044715f * v * v, v, v);
+        float sg = 1.0f / (1.0f + KFN(k_exp)(-2.0f * u));
+        float du = 0.7978845608028654f * KFMA(3.0f * 0.044715f, v * v, 1.0f);
+        dx[i] = dy[i] * KFMA(v * sg * (1.0f - sg), 2.0f * du, sg);
     }
 }

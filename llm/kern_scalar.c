@@ -52,6 +52,7 @@ const lm_kern lm_kern_scalar = {
     .qgemm = qgemm_scalar,
     .layernorm = lm_layernorm_scalar,
     .gelu = lm_gelu_scalar,
+    .gelu_grad = lm_gelu_grad_scalar,
     .softmax = lm_softmax_scalar,
     .rowdot = lm_rowdot_scalar,
     .rowaxpy = lm_rowaxpy_scalar,

@@ -108,6 +108,8 @@ typedef struct lm_kern {
 
     /* x = gelu_tanh(x) over rows of length n. */
     void (*gelu)(int M, int n, float *x, int ldx);
+    /* dx[i] = dy[i] * gelu_tanh'(x[i]) over n values (training). */
+    void (*gelu_grad)(size_t n, const float *x, const float *dy, float *dx);
 
     /* Softmax of each row of s[M, L] after multiplying by `scale`. With
      * `causal`, row r covers entries 0..r and zeroes the rest. With `self`

@@ -4,6 +4,7 @@
 
 #include "llm/kernels.h"
 #include "service/cmd_model.h"
+#include "service/cmd_train.h"
 
 static int cmd_version(int argc, char **argv)
 {
@@ -30,6 +31,10 @@ static const command commands[] = {
     {"version", cmd_version, "print the version and the kernels this CPU runs"},
     {"score", svc_cmd_score, "score an inputs file with a model: rankd score MODEL INPUTS OUTPUT"},
     {"quantize", svc_cmd_quantize, "write the int8 form of an fp32 model: rankd quantize IN OUT"},
+    {"synth", svc_cmd_synth, "generate events with planted structure: rankd synth > events.jsonl"},
+    {"train", svc_cmd_train, "train a model: rankd train DATA --out MODEL"},
+    {"distill", svc_cmd_distill, "distil a student: rankd distill DATA --teacher T --out MODEL"},
+    {"eval", svc_cmd_eval, "HR/NDCG of a model on a dataset: rankd eval MODEL DATA"},
 };
 
 static int usage(FILE *to)
