@@ -4,7 +4,8 @@
  * Users are taken in dataset order, 64 at a time. For each batch the scorer
  * runs twice: once with no candidates, for the user vectors that the
  * retriever ranks the catalog with, and once with the retrieved top N as
- * candidates, for the ranking head's re-rank. Scorer, retriever and every
+ * candidates, for the re-rank by the ranking logit (the head's score plus
+ * the retrieval logit, llm/train_model.h). Scorer, retriever and every
  * buffer are allocated once, before the first batch.
  *
  * Ties. The retrieval ranking is the retriever's own list, whose ties go to
@@ -316,7 +317,7 @@ static int retrieval_rank(const evaluator *e, int b, int32_t target)
 }
 
 /* The target's rank among the retrieved items re-ranked by the ranking
- * head, pessimistic on ties; `pos` is its 1-based retrieval position. */
+ * logit, pessimistic on ties; `pos` is its 1-based retrieval position. */
 static int rerank_rank(const evaluator *e, int b, int pos)
 {
     const lm_request *rq = &e->reqs[b];
@@ -346,6 +347,9 @@ static int evaluator_batch(evaluator *e, int n, lm_eval_result *r, char *err, si
     }
     if (lm_scorer_run(e->scorer, e->reqs, n, why, sizeof why))
         return cm_errf(err, errsz, "eval: the batch from user %s: %s", first, why);
+    for (int b = 0; b < n; b++) /* the ranking logit: the head's score plus the retrieval logit */
+        for (int j = 0; j < e->rets[b].n_out; j++)
+            e->reqs[b].scores[j] += e->rets[b].scores[j];
     for (int b = 0; b < n; b++) {
         const lm_dataset *d = e->d;
         int u = e->users[b];

@@ -5,7 +5,9 @@
  * Three rankings are measured on the same users:
  *   - retrieval: the retrieval head alone over the whole catalog;
  *   - two-stage: the pipeline the service runs: retrieval top-N, re-ranked
- *     by the ranking head (items after the N keep their retrieval order);
+ *     by the ranking logit, the ranking head's score plus the item's
+ *     retrieval logit (llm/train_model.h says why); items after the N keep
+ *     their retrieval order;
  *   - popularity: items by their count in the training events.
  * The history given to the model is the last max_hist events before the
  * target; all of the user's earlier events are excluded from the ranking

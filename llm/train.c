@@ -19,7 +19,7 @@ void tr_opts_defaults(tr_opts *o)
     *o = (tr_opts){.d_model = 64, .n_heads = 2, .n_layers = 2, .d_ffn = 256, .max_hist = 50,
                    .dropout = 0.5f, .emb_std = 0.1f, .batch = 128, .lr = 1e-3f, .weight_decay = 0.0f,
                    .beta1 = 0.9f, .beta2 = 0.98f, .clip = 1.0f, .warmup = 100, .max_epochs = 200,
-                   .patience = 10, .eval_every = 1, .eval_users = 0, .group_size = 64,
+                   .patience = 10, .eval_every = 1, .eval_users = 0, .topk = 1, .group_size = 64,
                    .hard_neg = 48, .extra_groups = 0, .rank_weight = 1.0f, .kd_weight = 0.5f,
                    .temperature = 2.0f, .seed = 42, .threads = 0};
 }
@@ -75,10 +75,11 @@ static int opts_check(const lm_dataset *d, const tr_opts *o, char *err, size_t e
         return cm_errf(err, errsz, "training options out of range (batch %d, lr %g, epochs %d, "
                        "eval_every %d, patience %d, dropout %g)", o->batch, o->lr, o->max_epochs,
                        o->eval_every, o->patience, o->dropout);
-    if (o->group_size < 2 || o->hard_neg < 0 || o->hard_neg > o->group_size - 1 || o->hard_neg > 256)
+    if (o->group_size < 2 || o->group_size > 1024 ||
+        (!o->topk && (o->hard_neg < 0 || o->hard_neg > o->group_size - 1 || o->hard_neg > 256)))
         return cm_errf(err, errsz, "ranking groups of %d with %d hard negatives: need a group of "
-                       "at least 2 and at most min(255, group - 1) hard negatives", o->group_size,
-                       o->hard_neg);
+                       "2..1024 and (sampled negatives) at most min(256, group - 1) hard ones",
+                       o->group_size, o->hard_neg);
     if (d->n_items < 3 || d->n_actions < 1)
         return cm_errf(err, errsz, "the dataset has %d items and %d action types: too few to train",
                        d->n_items - 1, d->n_actions);
@@ -247,10 +248,10 @@ static int write_model(run *r, const char *path, double valid_ndcg, char *err, s
 static void fingerprint(const run *r, char *out, size_t n)
 {
     const tr_opts *o = r->o;
-    snprintf(out, n, "d%d h%d l%d f%d n%d items%d acts%d drop%g b%d lr%g wd%g clip%g warm%d g%d hn%d x%d "
+    snprintf(out, n, "d%d h%d l%d f%d n%d items%d acts%d drop%g b%d lr%g wd%g clip%g warm%d k%d g%d hn%d x%d "
              "rw%g t%s kd%g T%g seed%llu", o->d_model, o->n_heads, o->n_layers, o->d_ffn, o->max_hist,
              r->cfg.n_items, r->cfg.n_actions, o->dropout, o->batch, o->lr, o->weight_decay, o->clip,
-             o->warmup, o->group_size, o->hard_neg, o->extra_groups, o->rank_weight,
+             o->warmup, o->topk, o->group_size, o->hard_neg, o->extra_groups, o->rank_weight,
              o->teacher ? o->teacher : "-", o->kd_weight, o->temperature, (unsigned long long)o->seed);
 }
 
@@ -353,7 +354,7 @@ static void fmt_time(double s, char *out, size_t n)
 }
 
 typedef struct epoch_stats {
-    double loss_r, loss_k, tokens, hits, groups, seconds, step_seconds;
+    double loss_r, loss_k, tokens, hits, groups, offered, seconds, step_seconds;
 } epoch_stats;
 
 static int train_epoch(run *r, epoch_stats *es, char *err, size_t errsz)
@@ -367,10 +368,13 @@ static int train_epoch(run *r, epoch_stats *es, char *err, size_t errsz)
         int u0 = k * o->batch, u1 = u0 + o->batch < r->n_users ? u0 + o->batch : r->n_users;
         make_batch(r, u0, u1);
         tr_step_opts so = {.train = 1, .dropout = o->dropout, .seed = mix(o->seed ^ (uint64_t)r->step),
-                           .hard_neg = o->hard_neg, .rand_neg = o->group_size - 1 - o->hard_neg,
+                           .topk_groups = o->topk,
+                           .hard_neg = o->topk ? 0 : o->hard_neg,
+                           .rand_neg = o->topk ? 0 : o->group_size - 1 - o->hard_neg,
                            .rank_weight = o->rank_weight, .teacher = r->teacher,
                            .kd_weight = o->kd_weight, .temperature = o->temperature};
         tr_step_stats st;
+        int offered = r->b.G; /* top-k groups keep those whose positive was retrieved */
         double ts = now_s();
         if (tr_model_step(r->m, &r->b, &so, &st))
             return cm_errf(err, errsz, "training step %lld: the batch was refused (a bug)", r->step);
@@ -380,6 +384,7 @@ static int train_epoch(run *r, epoch_stats *es, char *err, size_t errsz)
         es->loss_r += st.loss_retrieval * st.tokens;
         es->tokens += st.tokens;
         es->loss_k += st.loss_rank * st.groups;
+        es->offered += offered;
         es->groups += st.groups;
         es->hits += st.rank_hits;
         double now = now_s();
@@ -458,9 +463,14 @@ static void intro(const run *r)
     say(r, "model: d_model %d, %d heads, %d layers, d_ffn %d, max_hist %d; %zu parameters; "
         "%.2f MFLOP per candidate\n", c.d_model, c.n_heads, c.n_layers, c.d_ffn, c.max_hist,
         tr_model_size(r->m), 2.0 * (double)macs / 1e6);
-    say(r, "batch %d, %d steps per epoch, lr %g, dropout %g, groups of %d (%d hard negatives)%s%s\n",
-        o->batch, (r->n_users + o->batch - 1) / o->batch, o->lr, o->dropout, o->group_size, o->hard_neg,
-        o->teacher ? ", teacher " : "", o->teacher ? o->teacher : "");
+    char groups[96];
+    if (o->topk)
+        snprintf(groups, sizeof groups, "the top %d retrieved", o->group_size);
+    else
+        snprintf(groups, sizeof groups, "%d (%d hard negatives)", o->group_size, o->hard_neg);
+    say(r, "batch %d, %d steps per epoch, lr %g, dropout %g, ranking groups of %s%s%s\n", o->batch,
+        (r->n_users + o->batch - 1) / o->batch, o->lr, o->dropout, groups, o->teacher ? ", teacher " : "",
+        o->teacher ? o->teacher : "");
 }
 
 int tr_train(const lm_dataset *d, const tr_opts *o, tr_report *rep, char *err, size_t errsz)
@@ -483,10 +493,11 @@ int tr_train(const lm_dataset *d, const tr_opts *o, tr_report *rep, char *err, s
         rep->step_seconds += es.step_seconds;
         char line[512];
         int n = snprintf(line, sizeof line, "epoch %d/%d: loss retrieval %.4f ranking %.4f "
-                         "(positive first %.1f%%) | %.1f s, %.0f tokens/s",
+                         "(%.0f groups, %.1f%% of offered; positive first %.1f%%) | %.1f s, %.0f tokens/s",
                          r.epoch, o->max_epochs, es.loss_r / (es.tokens ? es.tokens : 1),
-                         es.loss_k / (es.groups ? es.groups : 1), 100.0 * es.hits / (es.groups ? es.groups : 1),
-                         es.seconds, es.tokens / es.seconds);
+                         es.loss_k / (es.groups ? es.groups : 1), es.groups,
+                         100.0 * es.groups / (es.offered ? es.offered : 1),
+                         100.0 * es.hits / (es.groups ? es.groups : 1), es.seconds, es.tokens / es.seconds);
         if (r.epoch % o->eval_every == 0 || r.epoch == o->max_epochs) {
             lm_eval_result res;
             double te = now_s();

@@ -6,8 +6,9 @@
  * events of its training part (lm_user_train_len) as input tokens, each
  * predicting the next event's item (retrieval head, full-catalog softmax),
  * and ranking groups at the newest token and at `extra_groups` earlier ones
- * (ranking head: the positive, hard negatives from the retrieval logits,
- * uniform negatives). AdamW with decoupled weight decay on linear weights,
+ * (ranking head: by default the top group_size items of the position's
+ * retrieval logits, as the two-stage pipeline re-ranks them; see
+ * train_model.h). AdamW with decoupled weight decay on linear weights,
  * linear warm-up, global-norm clipping.
  *
  * After every `eval_every` epochs the model is measured on the validation
@@ -37,8 +38,9 @@ typedef struct tr_opts {
     float lr, weight_decay, beta1, beta2, clip;
     int warmup;           /* steps */
     int max_epochs, patience, eval_every, eval_users;
-    /* ranking head */
-    int group_size, hard_neg, extra_groups;
+    /* ranking head: groups of the top group_size retrieved items (topk), or
+     * the positive with hard_neg hardest and uniform negatives (sampled) */
+    int topk, group_size, hard_neg, extra_groups;
     float rank_weight;
     /* distillation: a teacher artifact (fp32, same items) */
     const char *teacher;

@@ -18,6 +18,7 @@
  * item_emb gradient, summed in task order: fixed, so that the result does
  * not depend on the thread count. */
 #define CE_TASKS 8
+#define LM_TOPK_GROUP 1024 /* largest group of top-k candidates */
 
 typedef struct layer_w {
     float *ln1_w, *ln1_b, *qkv_w, *qkv_b, *out_w, *out_b;
@@ -62,9 +63,10 @@ struct tr_model {
     double *ce_loss;
     int n_targets;          /* tokens of the batch with a next item */
     float *dU;
-    float *scores, *dscores, *soft, *teacher_buf;
+    float *scores, *prior, *fused, *dscores, *soft, *teacher_buf;
     const float *teach;     /* the step's teacher scores, or NULL */
     int *tok_seq, *tok_grp; /* [max_tokens] */
+    uint8_t *grp_keep;      /* [max_groups] */
     /* the step in progress */
     tr_batch *b;
     const tr_step_opts *o;
@@ -158,11 +160,14 @@ static void carve_all(tr_model *m, carver *cv)
     CARVE(cv, m->ce_loss, double, m->ce_tasks);
     CARVE(cv, m->dU, float, (size_t)m->lim.max_tokens * d);
     CARVE(cv, m->scores, float, C + 1);
+    CARVE(cv, m->prior, float, C + 1);
+    CARVE(cv, m->fused, float, C + 1);
     CARVE(cv, m->dscores, float, C + 1);
     CARVE(cv, m->soft, float, C + 1);
     CARVE(cv, m->teacher_buf, float, C + 1);
     CARVE(cv, m->tok_seq, int, m->lim.max_tokens);
     CARVE(cv, m->tok_grp, int, m->lim.max_tokens);
+    CARVE(cv, m->grp_keep, uint8_t, m->lim.max_groups + 1);
 }
 
 int tr_model_new(tr_model **out, const lm_config *cfg, const tr_limits *lim, lm_pool *pool,
@@ -475,6 +480,8 @@ static void forward_cand(tr_model *m, int C)
     }
 }
 
+static void index_batch(tr_model *m);
+
 /* ---- the catalog cross-entropy and negative sampling ----------------------------------------- */
 
 static int in_prefix(const tr_batch *b, int s, int tok, int32_t item)
@@ -523,6 +530,62 @@ static void pick_negatives(tr_model *m, int g, float *z)
         out[k] = out[k - 1], k++;
 }
 
+/* The retrieval stage's list for group g: the top group_size items of
+ * logits z (clobbered) over the catalog minus row 0 and the history prefix
+ * (the positive stays eligible, as the target does in evaluation). The
+ * positive goes first; a group whose positive is not in the list is
+ * dropped (grp_keep 0): training the re-rank on lists the retrieval stage
+ * would never hand it teaches the head to push down whatever retrieval
+ * ranks high, since forced-in positives sit below the hard negatives. */
+static void pick_topk(tr_model *m, int g, float *z)
+{
+    const tr_batch *b = m->b;
+    const int n = m->c.n_items, gs = m->lim.group_size, tok = b->grp_tok[g], s = m->tok_seq[tok];
+    int32_t *out = b->cands + (size_t)g * gs, pos = b->targets[tok];
+    float zpos = z[pos];
+    z[0] = -INFINITY;
+    for (int t = b->seq_off[s]; t <= tok; t++)
+        z[b->items[t]] = -INFINITY;
+    z[pos] = zpos;
+    int32_t it[LM_TOPK_GROUP];
+    float sc[LM_TOPK_GROUP];
+    lm_topk top;
+    lm_topk_init(&top, it, sc, gs);
+    for (int i = 1; i < n; i++)
+        if (z[i] > -INFINITY)
+            lm_topk_push(&top, i, z[i]);
+    int got = lm_topk_finish(&top), k = 1, found = 0;
+    out[0] = pos;
+    for (int i = 0; i < got; i++) {
+        if (it[i] == pos)
+            found = 1;
+        else if (k < gs)
+            out[k++] = it[i];
+    }
+    while (k < gs) /* a catalog smaller than a group: repeat the last */
+        out[k] = out[k - 1], k++;
+    m->grp_keep[g] = (uint8_t)found;
+}
+
+/* Drops the groups pick_topk did not keep, in order. */
+static void compact_groups(tr_model *m)
+{
+    tr_batch *b = m->b;
+    const int gs = m->lim.group_size;
+    int k = 0;
+    for (int g = 0; g < b->G; g++) {
+        if (!m->grp_keep[g])
+            continue;
+        if (k != g) {
+            b->grp_tok[k] = b->grp_tok[g];
+            memmove(b->cands + (size_t)k * gs, b->cands + (size_t)g * gs, sizeof(int32_t) * gs);
+        }
+        k++;
+    }
+    b->G = k;
+    index_batch(m);
+}
+
 static void ce_task(void *ctx, int task, int thread)
 {
     (void)thread;
@@ -551,7 +614,9 @@ static void ce_task(void *ctx, int task, int thread)
             } else {
                 memset(dr, 0, sizeof(float) * n);
             }
-            if (sample && m->tok_grp[tok] >= 0)
+            if (m->o->topk_groups && m->tok_grp[tok] >= 0)
+                pick_topk(m, m->tok_grp[tok], zr);
+            else if (sample && m->tok_grp[tok] >= 0)
                 pick_negatives(m, m->tok_grp[tok], zr);
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, d, n, 1.0f, dz, n, m->P.item_emb, d,
@@ -700,15 +765,40 @@ static void final_ln(tr_model *m, stream *s, int N)
                      s->muf, s->rsf);
 }
 
+/* The head's score of each candidate, its retrieval logit u_t . e_c (the
+ * prior), and their sum: the ranking logit the pipeline sorts by. */
 static void cand_scores(tr_model *m, int C)
 {
-    const int d = m->c.d_model;
+    const int d = m->c.d_model, gs = m->lim.group_size;
     for (int j = 0; j < C; j++) {
         const float *h = m->cand.hf + (size_t)j * d;
-        float acc = m->P.head_b[0];
-        for (int i = 0; i < d; i++)
+        const float *u = m->hist.hf + (size_t)m->b->grp_tok[j / gs] * d;
+        const float *e = m->P.item_emb + (size_t)m->b->cands[j] * d;
+        float acc = m->P.head_b[0], pr = 0.0f;
+        for (int i = 0; i < d; i++) {
             acc += h[i] * m->P.head_w[i];
+            pr += u[i] * e[i];
+        }
         m->scores[j] = acc;
+        m->prior[j] = pr;
+        m->fused[j] = acc + pr;
+    }
+}
+
+/* The prior's share of the ranking gradient: into the user vector (dU,
+ * before LN_f's backward) and the candidate's embedding. */
+static void prior_bwd(tr_model *m, int C)
+{
+    const int d = m->c.d_model, gs = m->lim.group_size;
+    for (int j = 0; j < C; j++) {
+        int tok = m->b->grp_tok[j / gs];
+        const float *u = m->hist.hf + (size_t)tok * d;
+        const float *e = m->P.item_emb + (size_t)m->b->cands[j] * d;
+        float *du = m->dU + (size_t)tok * d, *de = m->G.item_emb + (size_t)m->b->cands[j] * d, g = m->dscores[j];
+        for (int i = 0; i < d; i++) {
+            du[i] += g * e[i];
+            de[i] += g * u[i];
+        }
     }
 }
 
@@ -722,7 +812,7 @@ static double rank_loss(tr_model *m, tr_step_stats *st)
     tr_ce_opts co = {.scale = o->rank_weight / (float)(b->G ? b->G : 1), .hard_weight = 1.0f,
                      .kd_weight = m->teach ? o->kd_weight : 0.0f, .temperature = o->temperature};
     for (int g = 0; g < b->G; g++) {
-        const float *s = m->scores + (size_t)g * gs;
+        const float *s = m->fused + (size_t)g * gs;
         const float *soft = NULL;
         if (m->teach) {
             tr_softmax_t(gs, m->teach + (size_t)g * gs, o->temperature, m->soft);
@@ -753,10 +843,12 @@ static void head_bwd(tr_model *m, int C)
 
 int tr_model_step(tr_model *m, tr_batch *b, const tr_step_opts *o, tr_step_stats *st)
 {
-    const int sample = o->hard_neg + o->rand_neg > 0;
-    if (check_batch(m, b, sample) || (sample && o->hard_neg + o->rand_neg != m->lim.group_size - 1))
+    const int sample = o->topk_groups || o->hard_neg + o->rand_neg > 0;
+    if (check_batch(m, b, sample) || (sample && !o->topk_groups && o->hard_neg + o->rand_neg != m->lim.group_size - 1) ||
+        (o->topk_groups && m->lim.group_size > LM_TOPK_GROUP))
         return -1;
-    const int d = m->c.d_model, C = b->G * m->lim.group_size, L = m->c.n_layers;
+    const int d = m->c.d_model, L = m->c.n_layers;
+    int C = b->G * m->lim.group_size;
     memset(st, 0, sizeof *st);
     memset(m->grads, 0, sizeof(float) * m->n_params);
     m->b = b;
@@ -775,10 +867,14 @@ int tr_model_step(tr_model *m, tr_batch *b, const tr_step_opts *o, tr_step_stats
         st->loss_retrieval += m->ce_loss[t];
     st->tokens = m->n_targets;
     st->loss_retrieval /= m->n_targets ? m->n_targets : 1;
+    if (o->topk_groups) {
+        compact_groups(m);
+        C = b->G * m->lim.group_size;
+    }
     if (C) {
         m->teach = o->teacher_scores;
         if (o->teacher) {
-            if (tr_model_scores(o->teacher, b, m->teacher_buf))
+            if (tr_model_scores(o->teacher, b, m->teacher_buf, NULL))
                 return -1;
             m->teach = m->teacher_buf;
         }
@@ -794,6 +890,8 @@ int tr_model_step(tr_model *m, tr_batch *b, const tr_step_opts *o, tr_step_stats
     for (int t = 0; t < m->ce_tasks; t++)
         for (size_t i = 0; i < (size_t)m->c.n_items * d; i++)
             m->G.item_emb[i] += m->ce_dE[(size_t)t * m->c.n_items * d + i];
+    if (C)
+        prior_bwd(m, C);
     memset(m->hist.dx, 0, sizeof(float) * (size_t)b->T * d);
     tr_layernorm_bwd(m->pool, b->T, d, m->hist.x[L], m->P.lnf_w, m->hist.muf, m->hist.rsf, m->dU,
                      m->hist.dx, m->G.lnf_w, m->G.lnf_b);
@@ -818,7 +916,7 @@ int tr_model_step(tr_model *m, tr_batch *b, const tr_step_opts *o, tr_step_stats
     return 0;
 }
 
-int tr_model_scores(tr_model *m, const tr_batch *b, float *scores)
+int tr_model_scores(tr_model *m, const tr_batch *b, float *ranking, float *head)
 {
     tr_step_opts o = {.train = 0};
     if (check_batch(m, b, 0))
@@ -834,7 +932,10 @@ int tr_model_scores(tr_model *m, const tr_batch *b, float *scores)
     forward_cand(m, C);
     final_ln(m, &m->cand, C);
     cand_scores(m, C);
-    memcpy(scores, m->scores, sizeof(float) * (size_t)C);
+    if (ranking)
+        memcpy(ranking, m->fused, sizeof(float) * (size_t)C);
+    if (head)
+        memcpy(head, m->scores, sizeof(float) * (size_t)C);
     m->b = NULL;
     return 0;
 }

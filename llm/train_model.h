@@ -10,6 +10,13 @@
  * the service scores them; cross-entropy over the group, optionally plus a
  * teacher's softened scores (distillation).
  *
+ * The ranking logit of a candidate is the head's score plus its retrieval
+ * logit u_t . item_emb[c] (the prior): the ranking head learns what the
+ * target-aware attention adds to the retrieval stage, and the pipeline
+ * (llm/eval.c, the service) sorts the re-ranked items by the same sum.
+ * Trained on a few hundred thousand groups, a ranking head alone is worse
+ * than the retrieval order it re-ranks; on top of it, it can only add.
+ *
  * Negatives are chosen inside the step from the retrieval logits it
  * computes anyway: the hardest items of the catalog for that position
  * (the ones the service's retrieval stage would pass on) plus uniform ones;
@@ -53,8 +60,12 @@ typedef struct tr_step_opts {
     int hard_neg;       /* negatives per group from the top of the retrieval logits */
     int rand_neg;       /* uniform negatives per group; hard + rand = group_size - 1,
                            or both 0 to use batch->cands as given */
+    int topk_groups;    /* instead: each group is the top group_size items of its
+                           position's logits, as the retrieval stage would pass
+                           them on; groups whose positive is not among them are
+                           dropped (batch->G shrinks) */
     float rank_weight;  /* weight of the ranking loss beside the retrieval loss */
-    const float *teacher_scores; /* [G * group_size] or NULL: distillation targets */
+    const float *teacher_scores; /* [G * group_size] ranking logits or NULL: distillation targets */
     struct tr_model *teacher;    /* or a teacher that scores the step's candidates */
     float kd_weight;    /* weight of T^2 KL(teacher || student) in the ranking loss */
     float temperature;
@@ -96,9 +107,10 @@ int tr_model_write(const tr_model *m, lm_st_writer *w, int with_meta, char *err,
  * inference forward of ../shared/reference/ranker_v1.py. */
 int tr_model_step(tr_model *m, tr_batch *b, const tr_step_opts *o, tr_step_stats *st);
 
-/* Forward only, no dropout: the ranking scores of the batch's (given)
- * candidates, [G * group_size]; for a teacher. */
-int tr_model_scores(tr_model *m, const tr_batch *b, float *scores);
+/* Forward only, no dropout, for the batch's (given) candidates
+ * [G * group_size]: the ranking logits (head + prior) and the head's scores
+ * alone (the reference model's `scores`); either may be NULL. */
+int tr_model_scores(tr_model *m, const tr_batch *b, float *ranking, float *head);
 
 /* After a step or tr_model_scores: the retrieval vector u_t = LN_f(x_t) of
  * history token t, [d] (for tests). */

@@ -117,7 +117,7 @@ static int train_common(int argc, char **argv, int distill)
         o.d_model = 32;
         o.d_ffn = 128;
     }
-    const char *format = NULL;
+    const char *format = NULL, *negatives = "topk";
     int help = 0;
     const svc_arg table[] = {
         {"out", ARG_STR, &o.out, 0, 0, "the model artifact to write (required)"},
@@ -134,13 +134,15 @@ static int train_common(int argc, char **argv, int distill)
         {"lr", ARG_FLOAT, &o.lr, 1e-7, 1, "learning rate (AdamW)"},
         {"weight-decay", ARG_FLOAT, &o.weight_decay, 0, 10, "decoupled weight decay of linear weights"},
         {"clip", ARG_FLOAT, &o.clip, 0, 1e6, "global gradient-norm clip (0: off)"},
+        {"beta2", ARG_FLOAT, &o.beta2, 0.5, 0.99999, "AdamW second-moment decay"},
         {"warmup", ARG_INT, &o.warmup, 0, 1e7, "warm-up steps"},
         {"epochs", ARG_INT, &o.max_epochs, 1, 1e6, "most epochs"},
         {"patience", ARG_INT, &o.patience, 1, 1e6, "evaluations without improvement before stopping"},
         {"eval-every", ARG_INT, &o.eval_every, 1, 1e6, "epochs between validations"},
         {"eval-users", ARG_INT, &o.eval_users, 0, 1e9, "validation users (0: all)"},
-        {"group", ARG_INT, &o.group_size, 2, 4096, "candidates per ranking group (1 positive + negatives)"},
-        {"hard-neg", ARG_INT, &o.hard_neg, 0, 256, "hard negatives per group from retrieval"},
+        {"negatives", ARG_STR, &negatives, 0, 0, "ranking groups: topk (the retrieved top group) or sampled"},
+        {"group", ARG_INT, &o.group_size, 2, 1024, "candidates per ranking group"},
+        {"hard-neg", ARG_INT, &o.hard_neg, 0, 256, "sampled: hard negatives per group from retrieval"},
         {"extra-groups", ARG_INT, &o.extra_groups, 0, 64, "ranking groups per sequence besides the newest"},
         {"rank-weight", ARG_FLOAT, &o.rank_weight, 0, 1e3, "weight of the ranking loss"},
         {"kd-weight", ARG_FLOAT, &o.kd_weight, 0, 1e3, "distill: weight of the teacher's soft targets"},
@@ -164,6 +166,11 @@ static int train_common(int argc, char **argv, int distill)
         svc_args_usage(table);
         return help ? 0 : 2;
     }
+    if (strcmp(negatives, "topk") && strcmp(negatives, "sampled")) {
+        fprintf(stderr, "rankd %s: --negatives %s: expected topk or sampled\n", cmd, negatives);
+        return 2;
+    }
+    o.topk = strcmp(negatives, "topk") == 0;
     o.log = stderr;
     o.tty = isatty(fileno(stderr));
     lm_dataset *d;

@@ -500,7 +500,7 @@ static void brute_eval(const lm_model *m, const lm_dataset *d, lm_split split, i
                 break;
             }
         sums_add(&out->retrieval, pos + 1);
-        /* Two-stage: the ranking head on the top N; a target past N is a miss. */
+        /* Two-stage: the ranking logit on the top N; a target past N is a miss. */
         int nc = n < n_ret ? n : n_ret;
         int two = 0;
         if (pos < nc) {
@@ -510,6 +510,8 @@ static void brute_eval(const lm_model *m, const lm_dataset *d, lm_split split, i
             rq.scores = cs;
             rq.user_vec = NULL;
             tu_run(sc, &rq, 1);
+            for (int j = 0; j < nc; j++) /* the ranking logit: head + retrieval logit */
+                cs[j] += (float)score[cands[j]];
             two = 1;
             for (int j = 0; j < nc; j++)
                 if (j != pos && cs[j] >= cs[pos])

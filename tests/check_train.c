@@ -444,7 +444,7 @@ START_TEST(test_golden_forward)
     tr_batch b = {.B = nb, .T = T, .seq_off = off, .items = bi, .actions = ba, .targets = bt, .G = nb,
                   .grp_tok = grp, .cands = bc};
     float *got = malloc(sizeof(float) * (size_t)nb * m);
-    ck_assert_int_eq(tr_model_scores(tm, &b, got), 0);
+    ck_assert_int_eq(tr_model_scores(tm, &b, NULL, got), 0);
     double es = 0, eu = 0;
     for (int g = 0; g < nb; g++) {
         for (int j = 0; j < m; j++)
