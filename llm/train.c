@@ -299,7 +299,8 @@ static int read_ckpt(run *r, char *err, size_t errsz)
         cm_errf(err, errsz, "%s: written by a run with other options (%s); this run has %s", r->ckpt,
                 run_fp, fp);
     } else if (lm_st_expect(f, "adam.m", LM_DT_F32, 1, &n, &am, err, errsz) == 0 &&
-               lm_st_expect(f, "adam.v", LM_DT_F32, 1, &n, &av, err, errsz) == 0) {
+               lm_st_expect(f, "adam.v", LM_DT_F32, 1, &n, &av, err, errsz) == 0 &&
+               tr_model_read(r->m, f, err, errsz) == 0) {
         memcpy(r->adam_m, am->data, am->nbytes);
         memcpy(r->adam_v, av->data, av->nbytes);
         r->epoch = atoi(e);
@@ -309,8 +310,7 @@ static int read_ckpt(run *r, char *err, size_t errsz)
              : cm_errf(err, errsz, "%s: ckpt_best_epoch_bad is \"%s\"", r->ckpt, be);
     }
     lm_st_close(f);
-    /* the parameters are the artifact tensors of the same file */
-    return rc == 0 ? tr_model_load(r->m, r->ckpt, err, errsz) : -1;
+    return rc;
 }
 
 /* ---- validation ----------------------------------------------------------------------------- */

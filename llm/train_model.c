@@ -287,6 +287,29 @@ void tr_model_init(tr_model *m, uint64_t seed, float emb_std)
     memset(m->P.item_emb, 0, sizeof(float) * m->c.d_model); /* row 0: padding / unknown */
 }
 
+int tr_model_read(tr_model *m, const lm_st_file *f, char *err, size_t errsz)
+{
+    lm_config c;
+    lm_quant q;
+    if (lm_config_read(f, &c, &q, err, errsz))
+        return -1;
+    if (q != LM_QUANT_NONE)
+        return cm_errf(err, errsz, "%s: an int8 artifact cannot be trained; use the fp32 one", lm_st_path(f));
+    if (memcmp(&c, &m->c, sizeof c) != 0)
+        return cm_errf(err, errsz, "%s: config d_model %d, n_heads %d, n_layers %d, d_ffn %d, "
+                       "max_hist %d, n_items %d, n_actions %d differs from the training run's "
+                       "(%d, %d, %d, %d, %d, %d, %d)", lm_st_path(f), c.d_model, c.n_heads, c.n_layers,
+                       c.d_ffn, c.max_hist, c.n_items, c.n_actions, m->c.d_model, m->c.n_heads,
+                       m->c.n_layers, m->c.d_ffn, m->c.max_hist, m->c.n_items, m->c.n_actions);
+    for (int i = 0; i < m->n_specs; i++) {
+        const lm_st_tensor *t;
+        if (lm_st_expect(f, m->specs[i].name, LM_DT_F32, m->specs[i].ndim, m->specs[i].shape, &t, err, errsz))
+            return -1;
+        memcpy(m->params + m->off[i], t->data, t->nbytes);
+    }
+    return 0;
+}
+
 int tr_model_load(tr_model *m, const char *path, char *err, size_t errsz)
 {
     lm_st_file *f;
@@ -294,19 +317,8 @@ int tr_model_load(tr_model *m, const char *path, char *err, size_t errsz)
         return -1;
     lm_config c;
     lm_quant q;
-    int rc = lm_config_read(f, &c, &q, err, errsz) || lm_model_check(f, &c, q, err, errsz) ? -1 : 0;
-    if (rc == 0 && q != LM_QUANT_NONE)
-        rc = cm_errf(err, errsz, "%s: an int8 artifact cannot be trained; use the fp32 one", path);
-    if (rc == 0 && memcmp(&c, &m->c, sizeof c) != 0)
-        rc = cm_errf(err, errsz, "%s: config d_model %d, n_heads %d, n_layers %d, d_ffn %d, "
-                     "max_hist %d, n_items %d, n_actions %d differs from the training run's "
-                     "(%d, %d, %d, %d, %d, %d, %d)", path, c.d_model, c.n_heads, c.n_layers, c.d_ffn,
-                     c.max_hist, c.n_items, c.n_actions, m->c.d_model, m->c.n_heads, m->c.n_layers,
-                     m->c.d_ffn, m->c.max_hist, m->c.n_items, m->c.n_actions);
-    for (int i = 0; rc == 0 && i < m->n_specs; i++) {
-        const lm_st_tensor *t = lm_st_find(f, m->specs[i].name);
-        memcpy(m->params + m->off[i], t->data, t->nbytes);
-    }
+    int rc = lm_config_read(f, &c, &q, err, errsz) || lm_model_check(f, &c, q, err, errsz) ||
+             tr_model_read(m, f, err, errsz) ? -1 : 0;
     lm_st_close(f);
     return rc;
 }

@@ -98,6 +98,8 @@ void tr_model_init(tr_model *m, uint64_t seed, float emb_std);
 
 /* Reads an fp32 artifact with this model's config into the parameters. */
 int tr_model_load(tr_model *m, const char *path, char *err, size_t errsz);
+/* The same from an open file that may hold more (a checkpoint). */
+int tr_model_read(tr_model *m, const lm_st_file *f, char *err, size_t errsz);
 /* Adds every parameter tensor to a writer (with the config metadata when
  * `with_meta`). */
 int tr_model_write(const tr_model *m, lm_st_writer *w, int with_meta, char *err, size_t errsz);

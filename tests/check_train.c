@@ -5,6 +5,10 @@
  * deterministic function of the parameters). Also: the training forward in
  * inference mode reproduces the golden cases of the reference.
  *
+ * Then training end to end on `rankd synth` data: the model must beat
+ * popularity by a wide margin, and a fixed seed must give the same model,
+ * on any thread count and across --resume.
+ *
  * Every check prints the largest relative error it saw. Differences of a
  * float loss are noisy, so tolerances are a few percent of the gradient's
  * magnitude plus a small floor; a wrong backward pass is off by O(1). */
@@ -14,6 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "llm/eval.h"
+#include "llm/synth.h"
+#include "llm/train.h"
 #include "llm/train_model.h"
 #include "llm/train_ops.h"
 #include "tests/testutil.h"
@@ -463,6 +470,135 @@ START_TEST(test_golden_forward)
 }
 END_TEST
 
+/* ---- training end to end ------------------------------------------------------------------ */
+
+static lm_dataset *synth_data(void)
+{
+    lm_synth_opts so;
+    lm_synth_defaults(&so);
+    so.n_users = 800;
+    so.n_items = 200;
+    so.n_groups = 8;
+    so.min_len = 8;
+    so.max_len = 30;
+    so.seed = 3;
+    lm_dataset *d;
+    char err[CM_ERRSZ];
+    ck_assert_msg(lm_synth_dataset(&so, &d, err, sizeof err) == 0, "%s", err);
+    return d;
+}
+
+static void small_opts(tr_opts *o, const char *out, int epochs, int threads)
+{
+    tr_opts_defaults(o);
+    o->d_model = 16;
+    o->n_heads = 2;
+    o->n_layers = 1;
+    o->d_ffn = 32;
+    o->max_hist = 16;
+    o->dropout = 0.1f;
+    o->batch = 64;
+    o->lr = 5e-3f;
+    o->warmup = 10;
+    o->max_epochs = epochs;
+    o->eval_every = 4;
+    o->group_size = 16;
+    o->extra_groups = 2;
+    o->threads = threads;
+    o->out = out;
+    o->seed = 11;
+}
+
+static void train_or_fail(const lm_dataset *d, const tr_opts *o)
+{
+    char err[CM_ERRSZ];
+    tr_report rep;
+    ck_assert_msg(tr_train(d, o, &rep, err, sizeof err) == 0, "%s", err);
+}
+
+/* Reads a whole file: for comparing checkpoints byte for byte. */
+static char *slurp(const char *path, long *n)
+{
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "%s", path);
+    fseek(f, 0, SEEK_END);
+    *n = ftell(f);
+    rewind(f);
+    char *b = malloc((size_t)*n + 1);
+    ck_assert(fread(b, 1, (size_t)*n, f) == (size_t)*n);
+    fclose(f);
+    return b;
+}
+
+static void same_file(const char *a, const char *b, const char *why)
+{
+    long na, nb;
+    char *x = slurp(a, &na), *y = slurp(b, &nb);
+    ck_assert_msg(na == nb && memcmp(x, y, (size_t)na) == 0, "%s: %s and %s differ", why, a, b);
+    printf("%s: %s and %s are byte-identical (%ld bytes)\n", why, a, b, na);
+    free(x);
+    free(y);
+}
+
+START_TEST(test_train_synth)
+{
+    lm_dataset *d = synth_data();
+    char out[TU_PATH], err[CM_ERRSZ];
+    snprintf(out, sizeof out, "%s/synth.safetensors", tu_tmp_root());
+    tr_opts o;
+    small_opts(&o, out, 16, 2);
+    train_or_fail(d, &o);
+    lm_model *m;
+    ck_assert_msg(lm_model_load(&m, out, err, sizeof err) == 0, "%s", err);
+    lm_eval_opts eo = {.split = LM_SPLIT_TEST, .retrieve_n = 100, .isa = LM_ISA_COUNT};
+    lm_eval_result r;
+    ck_assert_msg(lm_eval_model(m, d, &eo, &r, err, sizeof err) == 0, "%s", err);
+    double pop = r.popularity.ndcg[1], ret = r.retrieval.ndcg[1], two = r.two_stage.ndcg[1];
+    printf("synthetic data, test split, %d users: NDCG@10 two-stage %.4f, retrieval %.4f, popularity %.4f\n",
+           r.two_stage.n_users, two, ret, pop);
+    /* Measured: two-stage 0.42, retrieval 0.41, popularity 0.11. */
+    ck_assert_msg(two > 2.5 * pop && ret > 2.5 * pop, "no clear margin over popularity");
+    lm_model_free(m);
+    lm_dataset_free(d);
+}
+END_TEST
+
+/* Same seed: the same checkpoint on 1 and 2 threads, and after stopping at
+ * epoch 2 and resuming to epoch 4. */
+START_TEST(test_train_deterministic)
+{
+    lm_dataset *d = synth_data();
+    char a[TU_PATH], b[TU_PATH], c[TU_PATH], ca[TU_PATH + 8], cb[TU_PATH + 8], cc[TU_PATH + 8];
+    snprintf(a, sizeof a, "%s/det-a.safetensors", tu_tmp_root());
+    snprintf(b, sizeof b, "%s/det-b.safetensors", tu_tmp_root());
+    snprintf(c, sizeof c, "%s/det-c.safetensors", tu_tmp_root());
+    tr_opts o;
+    small_opts(&o, a, 4, 1);
+    train_or_fail(d, &o);
+    small_opts(&o, b, 4, 2);
+    train_or_fail(d, &o);
+    small_opts(&o, c, 2, 2);
+    train_or_fail(d, &o);
+    small_opts(&o, c, 4, 2);
+    o.resume = 1;
+    train_or_fail(d, &o);
+    snprintf(ca, sizeof ca, "%s.ckpt", a);
+    snprintf(cb, sizeof cb, "%s.ckpt", b);
+    snprintf(cc, sizeof cc, "%s.ckpt", c);
+    same_file(ca, cb, "4 epochs on 1 and on 2 threads");
+    same_file(cb, cc, "4 epochs, and 2 epochs + --resume to 4");
+    /* A resume with other options is refused. */
+    small_opts(&o, c, 6, 2);
+    o.resume = 1;
+    o.lr = 1e-3f;
+    char err[CM_ERRSZ];
+    tr_report rep;
+    ck_assert_int_eq(tr_train(d, &o, &rep, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "other options"), "%s", err);
+    lm_dataset_free(d);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("train");
@@ -482,10 +618,18 @@ int main(void)
     tcase_add_loop_test(tc, test_golden_forward, 0, TU_N_CASES);
     tcase_set_timeout(tc, 120);
     suite_add_tcase(s, tc);
+    tc = tcase_create("training");
+    tcase_add_test(tc, test_train_synth);
+    tcase_add_test(tc, test_train_deterministic);
+    tcase_set_timeout(tc, 300);
+    suite_add_tcase(s, tc);
     tr_ops_init();
+    if (tu_tmp_init("check_train"))
+        return EXIT_FAILURE;
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
+    tu_tmp_cleanup();
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
