@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "llm/eval.h"
+#include "llm/quantize.h"
 #include "llm/synth.h"
 #include "llm/train.h"
 #include "llm/train_model.h"
@@ -563,6 +564,47 @@ START_TEST(test_train_synth)
 }
 END_TEST
 
+/* A student distilled from a teacher, then quantized: both still well
+ * above popularity, and the int8 student close to its fp32 form. */
+START_TEST(test_distill_synth)
+{
+    lm_dataset *d = synth_data();
+    char t[TU_PATH], st[TU_PATH], q[TU_PATH], err[CM_ERRSZ];
+    snprintf(t, sizeof t, "%s/teacher.safetensors", tu_tmp_root());
+    snprintf(st, sizeof st, "%s/student.safetensors", tu_tmp_root());
+    snprintf(q, sizeof q, "%s/student.int8.safetensors", tu_tmp_root());
+    tr_opts o;
+    small_opts(&o, t, 12, 2);
+    o.d_model = 32;
+    o.d_ffn = 64;
+    train_or_fail(d, &o);
+    small_opts(&o, st, 12, 2);
+    o.teacher = t;
+    o.kd_weight = 1.0f;
+    o.temperature = 2.0f;
+    train_or_fail(d, &o);
+    lm_quantize_stats qs;
+    ck_assert_msg(lm_quantize_file(st, q, &qs, err, sizeof err) == 0, "%s", err);
+    const char *paths[3] = {t, st, q}, *names[3] = {"teacher", "student", "student int8"};
+    double ndcg[3], pop = 0;
+    for (int i = 0; i < 3; i++) {
+        lm_model *m;
+        ck_assert_msg(lm_model_load(&m, paths[i], err, sizeof err) == 0, "%s", err);
+        lm_eval_opts eo = {.split = LM_SPLIT_TEST, .retrieve_n = 100, .isa = LM_ISA_COUNT};
+        lm_eval_result r;
+        ck_assert_msg(lm_eval_model(m, d, &eo, &r, err, sizeof err) == 0, "%s", err);
+        ndcg[i] = r.two_stage.ndcg[1];
+        pop = r.popularity.ndcg[1];
+        printf("%-13s two-stage NDCG@10 %.4f (popularity %.4f), %lld MACs per candidate\n", names[i], ndcg[i],
+               pop, lm_model_macs_per_candidate(&m->cfg, m->cfg.max_hist));
+        lm_model_free(m);
+    }
+    ck_assert_msg(ndcg[1] > 2.5 * pop && ndcg[2] > 2.5 * pop, "student no clear margin over popularity");
+    ck_assert_msg(fabs(ndcg[2] - ndcg[1]) < 0.1 * ndcg[1], "int8 student %.4f vs fp32 %.4f", ndcg[2], ndcg[1]);
+    lm_dataset_free(d);
+}
+END_TEST
+
 /* Same seed: the same checkpoint on 1 and 2 threads, and after stopping at
  * epoch 2 and resuming to epoch 4. */
 START_TEST(test_train_deterministic)
@@ -620,6 +662,7 @@ int main(void)
     suite_add_tcase(s, tc);
     tc = tcase_create("training");
     tcase_add_test(tc, test_train_synth);
+    tcase_add_test(tc, test_distill_synth);
     tcase_add_test(tc, test_train_deterministic);
     tcase_set_timeout(tc, 300);
     suite_add_tcase(s, tc);
