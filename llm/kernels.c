@@ -137,7 +137,9 @@ void lm_quantize_row_ref(const float *x, int k, int8_t *q, float *scale)
 /* ---- instruction-set detection ------------------------------------------ */
 
 #if defined(__x86_64__)
-static int os_saves_zmm(void)
+/* The register state the OS saves on context switches (XCR0), or 0
+ * without OSXSAVE. */
+static unsigned os_xcr0(void)
 {
     unsigned a, b, c, d;
     __cpuid(1, a, b, c, d);
@@ -146,20 +148,11 @@ static int os_saves_zmm(void)
     unsigned lo, hi;
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
     (void)hi;
-    return (lo & 0xe6) == 0xe6; /* SSE, AVX, opmask, ZMM_Hi256, Hi16_ZMM */
+    return lo;
 }
 
-static int os_saves_ymm(void)
-{
-    unsigned a, b, c, d;
-    __cpuid(1, a, b, c, d);
-    if (!(c & bit_OSXSAVE))
-        return 0;
-    unsigned lo, hi;
-    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    (void)hi;
-    return (lo & 0x6) == 0x6;
-}
+static int os_saves_zmm(void) { return (os_xcr0() & 0xe6) == 0xe6; } /* SSE, AVX, opmask, ZMM */
+static int os_saves_ymm(void) { return (os_xcr0() & 0x6) == 0x6; }   /* SSE, AVX */
 
 /* Linux hands out AMX tile state only on request (arch_prctl). */
 static int os_grants_amx(void)

@@ -31,6 +31,16 @@ void lm_topk_init(lm_topk *t, int32_t *item, float *score, int k)
     t->score = score;
 }
 
+static void swap(lm_topk *t, int i, int j)
+{
+    float s = t->score[i];
+    int32_t it = t->item[i];
+    t->score[i] = t->score[j];
+    t->item[i] = t->item[j];
+    t->score[j] = s;
+    t->item[j] = it;
+}
+
 static void sift_down(lm_topk *t, int i)
 {
     for (;;) {
@@ -41,12 +51,7 @@ static void sift_down(lm_topk *t, int i)
             w = r;
         if (w == i)
             return;
-        float s = t->score[i];
-        int32_t it = t->item[i];
-        t->score[i] = t->score[w];
-        t->item[i] = t->item[w];
-        t->score[w] = s;
-        t->item[w] = it;
+        swap(t, i, w);
         i = w;
     }
 }
@@ -73,12 +78,7 @@ void lm_topk_push(lm_topk *t, int32_t item, float score)
         int p = (i - 1) / 2;
         if (!worse(t->score[i], t->item[i], t->score[p], t->item[p]))
             break;
-        float s = t->score[i];
-        int32_t it = t->item[i];
-        t->score[i] = t->score[p];
-        t->item[i] = t->item[p];
-        t->score[p] = s;
-        t->item[p] = it;
+        swap(t, i, p);
         i = p;
     }
 }
@@ -88,13 +88,7 @@ int lm_topk_finish(lm_topk *t)
     /* Heap sort: moving the worst to the end each time leaves best first. */
     int n = t->n;
     while (t->n > 1) {
-        int last = --t->n;
-        float s = t->score[0];
-        int32_t it = t->item[0];
-        t->score[0] = t->score[last];
-        t->item[0] = t->item[last];
-        t->score[last] = s;
-        t->item[last] = it;
+        swap(t, 0, --t->n);
         sift_down(t, 0);
     }
     t->n = n;
