@@ -33,7 +33,7 @@ OPT     ?= -O2
 KOPT    ?= -O3
 BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null)
 BLAS_LIBS   := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
-LDLIBS  := -ljansson $(BLAS_LIBS) -lpthread -lm
+LDLIBS  := -lrdkafka -lmicrohttpd -ljansson -lyaml -lhiredis $(BLAS_LIBS) -lpthread -lm
 
 ifeq ($(SAN),1)
 CFLAGS_COMMON += -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
@@ -47,9 +47,15 @@ ALL_CFLAGS = $(CFLAGS_COMMON) $(CFLAGS)
 LLM_SRCS := llm/safetensors.c llm/model.c llm/forward.c llm/kernels.c llm/pool.c \
             llm/retrieval.c llm/quantize.c llm/eval.c llm/train_ops.c llm/train_model.c llm/train.c \
             llm/kern_scalar.c llm/kern_avx2.c llm/kern_avx512.c llm/kern_amx.c
-SVC_SRCS := service/cmd_model.c service/cmd_train.c service/args.c
-LIB_SRCS := common/strmap.c llm/dataset.c llm/dataset_load.c llm/synth.c $(LLM_SRCS) $(SVC_SRCS)
+SVC_SRCS := service/cmd_model.c service/cmd_train.c service/args.c service/events.c service/config.c \
+            service/cmd_config.c service/cmd_kafka.c service/offsets.c service/metrics.c service/http.c \
+            service/log.c service/rankreq.c service/serve.c
+RANKER_SRCS := ranker/rk_scorer.c ranker/batcher.c
+FS_SRCS  := features/fs.c
+LIB_SRCS := common/strmap.c common/sha256.c llm/dataset.c llm/dataset_load.c llm/synth.c $(LLM_SRCS) \
+            $(RANKER_SRCS) $(FS_SRCS) $(SVC_SRCS)
 MAIN_SRC := service/main.c
+GEN_OBJS := $(BUILD)/configs/default_yaml.o
 
 # Kernels are compiled once per instruction set and picked at run time.
 ISA_avx2   := -mavx2 -mfma -mf16c
@@ -64,7 +70,7 @@ $(BUILD)/llm/kern_amx.o:    CFLAGS += $(KOPT) $(ISA_amx)
 WITH_CUDA ?= $(if $(shell command -v $(NVCC) 2>/dev/null),1,0)
 CUDA_SRCS := $(if $(filter 1,$(WITH_CUDA)),$(wildcard gpu/*.cu))
 
-LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(CUDA_SRCS:%.cu=$(BUILD)/%.o)
+LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(CUDA_SRCS:%.cu=$(BUILD)/%.o) $(GEN_OBJS)
 MAIN_OBJ  := $(MAIN_SRC:%.c=$(BUILD)/%.o)
 LIB       := $(BUILD)/librankd.a
 RANKD     := $(BUILD)/rankd
@@ -85,6 +91,14 @@ $(BUILD)/%.o: %.c
 $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) -O3 -std=c++17 -arch=sm_90a -I. -Xcompiler -Wall,-Werror -c $< -o $@
+
+# configs/default.yaml is compiled in: service/config.c loads it first.
+$(BUILD)/configs/default_yaml.c: configs/default.yaml scripts/embed.sh
+	@mkdir -p $(dir $@)
+	sh scripts/embed.sh svc_default_yaml $< > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/configs/default_yaml.o: $(BUILD)/configs/default_yaml.c
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
 $(LIB): $(LIB_OBJS)
 	@rm -f $@

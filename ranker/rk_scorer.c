@@ -1,0 +1,203 @@
+/* ranker/rk_scorer.c — the scorer interface on the CPU model core.
+ *
+ * A batch runs in up to three passes over the model core:
+ *   1. lm_scorer_run: every request's user vector, and the head scores of
+ *      requests that bring their own candidates;
+ *   2. lm_retrieve: the top retrieve_n of the catalog for the others;
+ *   3. lm_scorer_run again: the head scores of those retrieved items.
+ * The ranking logit is the head score plus the retrieval logit; the top k
+ * by it, ties to the earlier candidate, is the answer. */
+#include "ranker/rk_scorer.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "llm/forward.h"
+#include "llm/retrieval.h"
+
+struct rk_scorer {
+    const lm_model *m;
+    rk_scorer_opts o;
+    lm_scorer *sc;
+    lm_retriever *rt;
+    lm_request *lreq;      /* [max_batch] */
+    lm_retrieval *lret;    /* [max_batch] */
+    int *slot;             /* [max_batch]: request of each retrieval */
+    float *uv;             /* [max_batch][d] */
+    float *scores;         /* [max_batch][max(max_cands, retrieve_n)] head scores */
+    int32_t *ret_items;    /* [max_batch][retrieve_n] */
+    float *ret_scores;     /* [max_batch][retrieve_n] */
+    float *row;            /* [d] */
+    int32_t *top_items;    /* [max_k] */
+    float *top_scores;
+    int width;             /* max(max_cands, retrieve_n) */
+    char device[96];
+};
+
+void rk_scorer_free(rk_scorer *s)
+{
+    if (!s)
+        return;
+    lm_retriever_free(s->rt);
+    lm_scorer_free(s->sc);
+    free(s->lreq);
+    free(s->lret);
+    free(s->slot);
+    free(s->uv);
+    free(s->scores);
+    free(s->ret_items);
+    free(s->ret_scores);
+    free(s->row);
+    free(s->top_items);
+    free(s->top_scores);
+    free(s);
+}
+
+int rk_scorer_new(rk_scorer **out, const lm_model *m, const rk_scorer_opts *o, char *err,
+                  size_t errsz)
+{
+    *out = NULL;
+    if (o->max_batch < 1 || o->max_k < 1 || o->retrieve_n < o->max_k || o->max_cands < 0 ||
+        o->max_exclude < 0)
+        return cm_errf(err, errsz, "scorer: max_batch %d, max_k %d, retrieve_n %d, max_cands %d, "
+                       "max_exclude %d out of range (retrieve_n >= max_k >= 1)", o->max_batch, o->max_k,
+                       o->retrieve_n, o->max_cands, o->max_exclude);
+    const char *dev = o->device ? o->device : "auto";
+    if (strcmp(dev, "cuda") == 0)
+        return cm_errf(err, errsz, "model.device cuda: this build has no GPU engine; use auto or cpu");
+    if (strcmp(dev, "auto") != 0 && strcmp(dev, "cpu") != 0)
+        return cm_errf(err, errsz, "model.device \"%s\": expected auto, cuda or cpu", dev);
+    rk_scorer *s = calloc(1, sizeof *s);
+    if (!s)
+        return cm_errf(err, errsz, "scorer: out of memory");
+    s->m = m;
+    s->o = *o;
+    s->width = o->max_cands > o->retrieve_n ? o->max_cands : o->retrieve_n;
+    size_t B = (size_t)o->max_batch, d = (size_t)m->cfg.d_model, N = (size_t)o->retrieve_n;
+    s->lreq = calloc(B, sizeof *s->lreq);
+    s->lret = calloc(B, sizeof *s->lret);
+    s->slot = calloc(B, sizeof *s->slot);
+    s->uv = malloc(sizeof(float) * B * d);
+    s->scores = malloc(sizeof(float) * B * (size_t)s->width);
+    s->ret_items = malloc(sizeof(int32_t) * B * N);
+    s->ret_scores = malloc(sizeof(float) * B * N);
+    s->row = malloc(sizeof(float) * d);
+    s->top_items = malloc(sizeof(int32_t) * (size_t)o->max_k);
+    s->top_scores = malloc(sizeof(float) * (size_t)o->max_k);
+    lm_scorer_opts so = {.max_batch = o->max_batch, .max_cands = s->width, .threads = o->threads,
+                         .isa = LM_ISA_COUNT};
+    if (!s->lreq || !s->lret || !s->slot || !s->uv || !s->scores || !s->ret_items || !s->ret_scores ||
+        !s->row || !s->top_items || !s->top_scores) {
+        rk_scorer_free(s);
+        return cm_errf(err, errsz, "scorer: out of memory");
+    }
+    if (lm_scorer_new(&s->sc, m, &so, err, errsz) ||
+        lm_retriever_new(&s->rt, m, lm_scorer_pool(s->sc), LM_ISA_COUNT, o->max_batch, o->retrieve_n,
+                         o->max_exclude, err, errsz)) {
+        rk_scorer_free(s);
+        return -1;
+    }
+    snprintf(s->device, sizeof s->device, "cpu (%s kernels, %s, %d threads)", lm_scorer_kern(s->sc)->name,
+             m->quant == LM_QUANT_INT8 ? "int8" : "fp32", lm_pool_threads(lm_scorer_pool(s->sc)));
+    *out = s;
+    return 0;
+}
+
+const char *rk_scorer_device(const rk_scorer *s) { return s->device; }
+
+static float dot(const float *a, const float *b, int n)
+{
+    float acc = 0.0f;
+    for (int i = 0; i < n; i++)
+        acc += a[i] * b[i];
+    return acc;
+}
+
+/* Top k of n ranking logits into the request's outputs; `ids` maps a
+ * candidate position to what is reported (item rows, or NULL: positions). */
+static void answer(rk_scorer *s, rk_request *r, const float *logits, int n, const int32_t *ids)
+{
+    lm_topk t;
+    lm_topk_init(&t, s->top_items, s->top_scores, r->k);
+    for (int j = 0; j < n; j++)
+        lm_topk_push(&t, j, logits[j]); /* ties: the lower position, i.e. the better retrieved */
+    r->n_out = lm_topk_finish(&t);
+    for (int i = 0; i < r->n_out; i++) {
+        r->out_items[i] = ids ? ids[s->top_items[i]] : s->top_items[i];
+        r->out_scores[i] = s->top_scores[i];
+    }
+}
+
+static int check(const rk_scorer *s, const rk_request *reqs, int n, char *err, size_t errsz)
+{
+    if (n < 0 || n > s->o.max_batch)
+        return cm_errf(err, errsz, "batch of %d requests, the scorer takes 0..%d", n, s->o.max_batch);
+    for (int i = 0; i < n; i++) {
+        const rk_request *r = &reqs[i];
+        if (r->k < 1 || r->k > s->o.max_k || !r->out_items || !r->out_scores)
+            return cm_errf(err, errsz, "request %d: k = %d, the scorer takes 1..%d with output arrays", i,
+                           r->k, s->o.max_k);
+        if (r->cands && (r->n_cands < 0 || r->n_cands > s->o.max_cands))
+            return cm_errf(err, errsz, "request %d: %d candidates, the scorer takes 0..%d", i, r->n_cands,
+                           s->o.max_cands);
+        if (r->n_exclude < 0 || r->n_exclude > s->o.max_exclude || (r->n_exclude && !r->exclude))
+            return cm_errf(err, errsz, "request %d: %d exclusions, the scorer takes 0..%d", i, r->n_exclude,
+                           s->o.max_exclude);
+    }
+    return 0;
+}
+
+int rk_scorer_rank(rk_scorer *s, rk_request *reqs, int n, char *err, size_t errsz)
+{
+    if (check(s, reqs, n, err, errsz))
+        return -1;
+    const int d = s->m->cfg.d_model;
+    int nr = 0;
+    for (int i = 0; i < n; i++) {
+        const rk_request *r = &reqs[i];
+        s->lreq[i] = (lm_request){.hist_items = r->hist_items, .hist_actions = r->hist_actions,
+                                  .n_hist = r->n_hist, .cands = r->cands, .n_cands = r->cands ? r->n_cands : 0,
+                                  .scores = s->scores + (size_t)i * s->width, .user_vec = s->uv + (size_t)i * d};
+    }
+    if (lm_scorer_run(s->sc, s->lreq, n, err, errsz))
+        return -1;
+    for (int i = 0; i < n; i++) {
+        rk_request *r = &reqs[i];
+        if (r->cands) { /* a ranking event: add each candidate's retrieval logit */
+            float *sc = s->scores + (size_t)i * s->width;
+            for (int j = 0; j < r->n_cands; j++) {
+                lm_model_item_row(s->m, r->cands[j], s->row);
+                sc[j] += dot(s->uv + (size_t)i * d, s->row, d);
+            }
+            answer(s, r, sc, r->n_cands, NULL);
+            continue;
+        }
+        s->slot[nr] = i;
+        s->lret[nr++] = (lm_retrieval){.user_vec = s->uv + (size_t)i * d, .exclude = r->exclude,
+                                       .n_exclude = r->n_exclude, .k = s->o.retrieve_n,
+                                       .items = s->ret_items + (size_t)i * s->o.retrieve_n,
+                                       .scores = s->ret_scores + (size_t)i * s->o.retrieve_n};
+    }
+    if (nr == 0)
+        return 0;
+    if (lm_retrieve(s->rt, s->lret, nr, err, errsz))
+        return -1;
+    for (int k = 0; k < nr; k++) {
+        const rk_request *r = &reqs[s->slot[k]];
+        s->lreq[k] = (lm_request){.hist_items = r->hist_items, .hist_actions = r->hist_actions,
+                                  .n_hist = r->n_hist, .cands = s->lret[k].items, .n_cands = s->lret[k].n_out,
+                                  .scores = s->scores + (size_t)s->slot[k] * s->width};
+    }
+    if (lm_scorer_run(s->sc, s->lreq, nr, err, errsz))
+        return -1;
+    for (int k = 0; k < nr; k++) {
+        rk_request *r = &reqs[s->slot[k]];
+        float *sc = s->scores + (size_t)s->slot[k] * s->width;
+        for (int j = 0; j < s->lret[k].n_out; j++)
+            sc[j] += s->lret[k].scores[j];
+        answer(s, r, sc, s->lret[k].n_out, s->lret[k].items);
+    }
+    return 0;
+}

@@ -1,0 +1,51 @@
+/* ranker/rk_scorer.h — the scorer interface the service and batch jobs use:
+ * one call ranks a batch of requests, whatever device runs the model.
+ * The CPU implementation wraps the model core (llm/forward.h,
+ * llm/retrieval.h); the GPU engine (gpu/) will plug in behind the same
+ * functions.
+ *
+ * A request names its user's history and either its own candidates (a
+ * ranking event) or none (a triggering interaction: the retrieval head
+ * proposes retrieve_n). The answer is the top k items by the ranking logit
+ * (head score + retrieval logit, docs/training.md), best first. */
+#ifndef RANKD_RANKER_RK_SCORER_H
+#define RANKD_RANKER_RK_SCORER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "llm/model.h"
+
+typedef struct rk_request {
+    const int32_t *hist_items;   /* [n_hist] item rows, oldest first */
+    const int32_t *hist_actions; /* [n_hist] */
+    int n_hist;
+    const int32_t *exclude;      /* [n_exclude] rows never returned (seen, unavailable) */
+    int n_exclude;
+    const int32_t *cands;        /* [n_cands] rows to rank, or NULL: retrieve */
+    int n_cands;
+    int k;                       /* answer length */
+    /* out */
+    int32_t *out_items;          /* [k] rows; with given candidates, indexes into cands */
+    float *out_scores;           /* [k] ranking logits */
+    int n_out;
+} rk_request;
+
+typedef struct rk_scorer_opts {
+    int max_batch, max_cands, max_k, max_exclude, retrieve_n;
+    int threads;                 /* CPU threads, 0: all cores */
+    const char *device;          /* "auto", "cuda", "cpu" */
+} rk_scorer_opts;
+
+typedef struct rk_scorer rk_scorer;
+
+/* Borrows the model, which must outlive the scorer. */
+int rk_scorer_new(rk_scorer **out, const lm_model *m, const rk_scorer_opts *o, char *err,
+                  size_t errsz);
+void rk_scorer_free(rk_scorer *s);
+const char *rk_scorer_device(const rk_scorer *s); /* "cpu (avx512, 2 threads)", ... */
+
+/* Ranks n requests. -1 with err when a request is invalid (nothing written). */
+int rk_scorer_rank(rk_scorer *s, rk_request *reqs, int n, char *err, size_t errsz);
+
+#endif

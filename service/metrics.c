@@ -1,0 +1,144 @@
+/* service/metrics.c — see metrics.h. */
+#include "service/metrics.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t bound_us(int i) { return 100ull << i; }
+
+void svc_hist_observe(svc_histogram *h, uint64_t us)
+{
+    int i = 0;
+    while (i < SVC_LAT_BUCKETS && us > bound_us(i))
+        i++;
+    atomic_fetch_add_explicit(&h->bucket[i], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->count, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->sum_us, us, memory_order_relaxed);
+}
+
+uint64_t svc_hist_quantile(const svc_histogram *h, double q)
+{
+    uint64_t n = atomic_load(&h->count), want = (uint64_t)(q * (double)n + 0.5), acc = 0;
+    for (int i = 0; i <= SVC_LAT_BUCKETS; i++) {
+        acc += atomic_load(&h->bucket[i]);
+        if (acc >= want && want > 0)
+            return i < SVC_LAT_BUCKETS ? bound_us(i) : UINT64_MAX;
+    }
+    return 0;
+}
+
+typedef struct buf {
+    char *p;
+    size_t len, cap;
+    int oom;
+} buf;
+
+static void put(buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(buf *b, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->oom = 1;
+            return;
+        }
+        if (b->p && b->len + (size_t)n < b->cap) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t cap = b->cap ? 2 * b->cap : 8192;
+        while (cap < b->len + (size_t)n + 1)
+            cap *= 2;
+        char *np = realloc(b->p, cap);
+        if (!np) {
+            b->oom = 1;
+            return;
+        }
+        b->p = np;
+        b->cap = cap;
+    }
+}
+
+static void histogram(buf *b, const char *name, const char *help, const svc_histogram *h)
+{
+    put(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    uint64_t acc = 0;
+    for (int i = 0; i < SVC_LAT_BUCKETS; i++) {
+        acc += atomic_load(&h->bucket[i]);
+        put(b, "%s_bucket{le=\"%.6f\"} %llu\n", name, (double)bound_us(i) / 1e6, (unsigned long long)acc);
+    }
+    acc += atomic_load(&h->bucket[SVC_LAT_BUCKETS]);
+    put(b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name, (unsigned long long)acc, name,
+        (double)atomic_load(&h->sum_us) / 1e6, name, (unsigned long long)atomic_load(&h->count));
+}
+
+static void counter(buf *b, const char *name, const char *help, uint64_t v)
+{
+    put(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name, (unsigned long long)v);
+}
+
+static void gauge(buf *b, const char *name, const char *help, long long v)
+{
+    put(b, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", name, help, name, name, v);
+}
+
+int svc_metrics_render(const svc_metrics *m, char **out, size_t *len)
+{
+    static const char *const kinds[SVC_EVK_N] = {"interaction", "ranking", "item", "user", "invalid"};
+    static const char *const outcomes[SVC_OUT_N] = {"applied", "ranked", "dead_letter"};
+    static const char *const eps[SVC_EP_N] = {"/healthz", "/readyz", "/metrics", "/v1/rank", "other"};
+    buf b = {0};
+    put(&b, "# HELP rankd_events_total Input events by type and outcome.\n# TYPE rankd_events_total counter\n");
+    for (int k = 0; k < SVC_EVK_N; k++)
+        for (int o = 0; o < SVC_OUT_N; o++)
+            put(&b, "rankd_events_total{type=\"%s\",outcome=\"%s\"} %llu\n", kinds[k], outcomes[o],
+                (unsigned long long)atomic_load(&m->events[k][o]));
+    uint64_t dl = 0;
+    for (int k = 0; k < SVC_EVK_N; k++)
+        dl += atomic_load(&m->events[k][SVC_OUT_DEAD_LETTER]);
+    counter(&b, "rankd_dead_lettered_total", "Events sent to the dead-letter topic.", dl);
+    counter(&b, "rankd_rankings_published_total", "Ranked lists acknowledged by the broker.",
+            atomic_load(&m->published));
+    counter(&b, "rankd_publish_errors_total", "Ranked lists the broker refused (retried).",
+            atomic_load(&m->publish_errors));
+    counter(&b, "rankd_redis_errors_total", "Failed Redis round trips.", atomic_load(&m->redis_errors));
+    counter(&b, "rankd_kafka_errors_total", "Kafka client errors.", atomic_load(&m->kafka_errors));
+    counter(&b, "rankd_rank_errors_total", "Rank requests the scorer refused.", atomic_load(&m->rank_errors));
+    counter(&b, "rankd_model_reloads_total", "Models loaded after start.", atomic_load(&m->model_reloads));
+    counter(&b, "rankd_model_reload_errors_total", "Model artifacts refused on reload.",
+            atomic_load(&m->model_reload_errors));
+    gauge(&b, "rankd_consumer_lag", "Messages behind the high watermark, over assigned partitions.",
+          (long long)atomic_load(&m->consumer_lag));
+    gauge(&b, "rankd_events_in_flight", "Events consumed and not yet committable.",
+          (long long)atomic_load(&m->in_flight));
+    put(&b, "# HELP rankd_ready Readiness of each dependency (1 ready).\n# TYPE rankd_ready gauge\n"
+            "rankd_ready{part=\"model\"} %d\nrankd_ready{part=\"kafka\"} %d\nrankd_ready{part=\"redis\"} %d\n",
+        atomic_load(&m->ready_model), atomic_load(&m->ready_kafka), atomic_load(&m->ready_redis));
+    if (m->model_tag)
+        put(&b, "# HELP rankd_model_info The model serving.\n# TYPE rankd_model_info gauge\n"
+                "rankd_model_info{model=\"%s\"} 1\n", m->model_tag);
+    histogram(&b, "rankd_e2e_latency_seconds", "From consuming an event to its ranked list acknowledged.", &m->e2e);
+    histogram(&b, "rankd_rank_latency_seconds", "From queueing a rank request to its answer.", &m->rank_latency);
+    put(&b, "# HELP rankd_batch_size_total Scorer batches by size (jobs).\n# TYPE rankd_batch_size_total counter\n");
+    static const char *const sizes[SVC_BATCH_BUCKETS] = {"1", "2", "4", "8", "16", "32", "64", "+Inf"};
+    for (int i = 0; i < SVC_BATCH_BUCKETS; i++)
+        put(&b, "rankd_batch_size_total{le=\"%s\"} %llu\n", sizes[i], (unsigned long long)atomic_load(&m->batch_size[i]));
+    put(&b, "# HELP rankd_http_requests_total HTTP requests by endpoint and status class.\n"
+            "# TYPE rankd_http_requests_total counter\n");
+    for (int e = 0; e < SVC_EP_N; e++)
+        for (int c = 2; c <= 5; c++)
+            put(&b, "rankd_http_requests_total{endpoint=\"%s\",code=\"%dxx\"} %llu\n", eps[e], c,
+                (unsigned long long)atomic_load(&m->http[e][c]));
+    if (b.oom) {
+        free(b.p);
+        return -1;
+    }
+    *out = b.p;
+    *len = b.len;
+    return 0;
+}

@@ -1,0 +1,48 @@
+/* service/metrics.h — the service's counters and histograms, rendered in
+ * the Prometheus text format for GET /metrics. Updated from any thread
+ * with relaxed atomics: a scrape sees each value whole, not all of them at
+ * one instant. Secrets never appear here: labels are event types,
+ * outcomes, endpoints and status codes only. */
+#ifndef RANKD_SERVICE_METRICS_H
+#define RANKD_SERVICE_METRICS_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum { SVC_EVK_INTERACTION, SVC_EVK_RANKING, SVC_EVK_ITEM, SVC_EVK_USER, SVC_EVK_INVALID, SVC_EVK_N };
+enum { SVC_OUT_APPLIED, SVC_OUT_RANKED, SVC_OUT_DEAD_LETTER, SVC_OUT_N };
+enum { SVC_EP_HEALTHZ, SVC_EP_READYZ, SVC_EP_METRICS, SVC_EP_RANK, SVC_EP_OTHER, SVC_EP_N };
+
+#define SVC_LAT_BUCKETS 16 /* 100 us .. ~3.3 s, doubling */
+#define SVC_BATCH_BUCKETS 8
+
+typedef struct svc_histogram {
+    _Atomic uint64_t bucket[SVC_LAT_BUCKETS + 1]; /* the last is +Inf */
+    _Atomic uint64_t count;
+    _Atomic uint64_t sum_us;
+} svc_histogram;
+
+typedef struct svc_metrics {
+    _Atomic uint64_t events[SVC_EVK_N][SVC_OUT_N];
+    _Atomic uint64_t published, publish_errors;
+    _Atomic uint64_t redis_errors, kafka_errors, rank_errors;
+    _Atomic uint64_t http[SVC_EP_N][6]; /* status class 0..5 (2xx = 2) */
+    _Atomic int64_t consumer_lag;        /* messages, over assigned partitions */
+    _Atomic int64_t in_flight;           /* events consumed, not yet committed */
+    _Atomic int ready_model, ready_kafka, ready_redis;
+    _Atomic uint64_t model_reloads, model_reload_errors;
+    svc_histogram e2e;                   /* event consumed -> ranking acknowledged */
+    svc_histogram rank_latency;          /* request queued -> ranked (batcher + scorer) */
+    _Atomic uint64_t batch_size[SVC_BATCH_BUCKETS]; /* from the batcher's stats */
+    const char *model_tag;               /* "<name>@<sha256 prefix>", set at start */
+} svc_metrics;
+
+void svc_hist_observe(svc_histogram *h, uint64_t us);
+/* The value below which a fraction q of observations fall (bucket bound). */
+uint64_t svc_hist_quantile(const svc_histogram *h, double q);
+
+/* Renders everything; the caller frees *out. 0, or -1 on out of memory. */
+int svc_metrics_render(const svc_metrics *m, char **out, size_t *len);
+
+#endif

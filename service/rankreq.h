@@ -1,0 +1,106 @@
+/* service/rankreq.h — from an event and a user's features to a rank
+ * request, and from the answer to the output message.
+ *
+ * svc_model: the serving artifact with the maps from string ids to its
+ * rows (items; action types from its "actions" metadata) and its tag
+ * "<name>@<first 12 hex of the file's sha256>".
+ *
+ * svc_slot: everything one ranking in flight needs, allocated once in a
+ * pool sized at start-up: history and exclusion arrays, candidates and
+ * their ids, the answer, and where the event came from (for the offset
+ * tracker and the latency figures). */
+#ifndef RANKD_SERVICE_RANKREQ_H
+#define RANKD_SERVICE_RANKREQ_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/strmap.h"
+#include "features/fs.h"
+#include "llm/model.h"
+#include "ranker/batcher.h"
+#include "service/events.h"
+
+typedef struct svc_model {
+    lm_model *m;
+    cm_strmap *items;   /* item id -> row - 1 (rows 1..n_items-1); NULL without a vocabulary */
+    cm_strmap *actions; /* action type -> action id */
+    char tag[128];
+    char path[1024];
+} svc_model;
+
+int svc_model_load(svc_model *out, const char *path, char *err, size_t errsz);
+void svc_model_free(svc_model *m);
+/* The row of an item id; 0 (the unknown row) when the model does not know it. */
+int32_t svc_model_item(const svc_model *m, const char *id);
+/* The action id of an interaction type; 0 when the model does not know it. */
+int32_t svc_model_action(const svc_model *m, const char *type);
+
+typedef struct svc_slot_limits {
+    int max_hist;       /* the model's */
+    int max_exclude;    /* seen + unavailable rows passed to retrieval */
+    int max_cands;      /* items of a ranking event */
+    int k;              /* answer length */
+    size_t id_bytes;    /* room for the ids of a ranking event's items */
+} svc_slot_limits;
+
+typedef struct svc_slot svc_slot;
+struct svc_slot {
+    rk_job job;
+    const svc_slot_limits *lim; /* the pool's */
+    int32_t *hist_items, *hist_actions, *exclude, *cands, *out_items;
+    float *out_scores;
+    const char **cand_ids; /* [max_cands] into id_buf: a ranking event's items */
+    int n_cand_ids;        /* -1: no items, retrieve */
+    char *id_buf;
+    size_t id_used;
+    char event_id[SVC_MAX_ID + 1], user[SVC_MAX_ID + 1];
+    int32_t partition;     /* Kafka source, or -1 for HTTP */
+    int64_t offset;
+    int64_t consumed_ns;   /* arrival in rankd */
+    int status;            /* the job's outcome */
+    char err[256];
+    /* HTTP callers wait for the answer */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int finished;
+    svc_slot *next_free;
+};
+
+typedef struct svc_slots svc_slots;
+
+svc_slots *svc_slots_new(int n, const svc_slot_limits *lim);
+void svc_slots_free(svc_slots *p);
+/* A free slot, or NULL when all are in flight. Thread-safe. */
+svc_slot *svc_slot_get(svc_slots *p);
+void svc_slot_put(svc_slots *p, svc_slot *s);
+int svc_slots_free_count(svc_slots *p);
+
+/* The request for a triggering interaction (retrieve) or a ranking event
+ * (its items, the unavailable ones dropped), from the user's features.
+ * Exclusions: the user's seen items and the unavailable ones, as the rules
+ * say; beyond max_exclude the rest are dropped (the limit bounds
+ * retrieval's work). Return 0, or -1 with a reason. */
+typedef struct svc_rank_rules {
+    int exclude_seen, exclude_unavailable, k;
+    const cm_strmap *unavailable;      /* ids of unavailable items, or NULL */
+    const int32_t *unavailable_rows;   /* the model rows among them */
+    int n_unavailable_rows;
+} svc_rank_rules;
+
+/* Two steps, because an event's strings live only until the parser's next
+ * event while the features come back later, for the whole poll batch:
+ * begin copies what the slot keeps of the event (ids, the ranking's items),
+ * fill maps the user's features to rows and sets up the request. */
+int svc_slot_begin(svc_slot *s, const svc_event *ev, char *err, size_t errsz);
+int svc_slot_fill(svc_slot *s, const svc_model *m, const fs_user_state *st, const svc_rank_rules *rules,
+                  char *err, size_t errsz);
+
+/* The output message of a finished slot:
+ * {"id","user","model","took_us","items":[{"item","score"}]}; returns the
+ * length written (truncated answers are not possible: cap is checked),
+ * or -1 when cap is too small. */
+int svc_slot_json(const svc_slot *s, const svc_model *m, int64_t took_us, char *out, size_t cap);
+
+#endif

@@ -1,0 +1,801 @@
+/* service/serve.c — the streaming service: Kafka in, Redis features,
+ * ranked lists out (docs/service.md).
+ *
+ * The consumer thread owns the consumer, the offset tracker, the feature
+ * store connection and the producer's delivery reports (rd_kafka_poll on
+ * the producer is called only here, so the tracker needs no lock). The
+ * batcher thread scores and hands each answer to the producer. HTTP threads
+ * rank synchronously through the same batcher with their own Redis
+ * connection. */
+#include "service/serve.h"
+
+#include <jansson.h>
+#include <librdkafka/rdkafka.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "features/fs.h"
+#include "ranker/batcher.h"
+#include "ranker/rk_scorer.h"
+#include "service/args.h"
+#include "service/events.h"
+#include "service/http.h"
+#include "service/log.h"
+#include "service/metrics.h"
+#include "service/offsets.h"
+#include "service/rankreq.h"
+
+#define N_SLOTS 4096           /* rankings in flight */
+#define MAX_EXCLUDE 4096       /* seen + unavailable rows per retrieval */
+#define OUT_BYTES 65536        /* an output message */
+#define UNAVAILABLE_REFRESH_NS 1000000000LL
+
+/* What the consumer keeps of each message of a poll round. */
+typedef struct msg_state {
+    rd_kafka_message_t *m;
+    int valid, kind, trigger;
+    svc_slot *slot;
+    int read;                  /* fs read handle */
+    char reason[256];          /* dead-letter reason */
+} msg_state;
+
+typedef struct dead_letter { /* the opaque of a dead-letter message */
+    int32_t partition;
+    int64_t offset;
+} dead_letter;
+
+typedef struct serve {
+    const svc_config *cfg;
+    volatile sig_atomic_t *stop;
+    svc_model model;
+    rk_scorer *scorer;
+    rk_batcher *batcher;
+    svc_slots *slots;
+    svc_metrics metrics;
+    fs_store *fs;
+    fs_batch *fb;
+    fs_store *fs_http;
+    fs_batch *fb_http;
+    pthread_mutex_t http_mu;
+    rd_kafka_t *consumer, *producer;
+    svc_offsets *offsets;
+    svc_parser *parser;
+    svc_http *http;
+    msg_state *round;
+    /* unavailable items, refreshed from Redis every second */
+    pthread_mutex_t un_mu;
+    cm_strmap *un_ids;
+    int32_t *un_rows;
+    int n_un_rows, cap_un_rows;
+    int64_t un_refreshed_ns;
+    /* rankings that ended without an output, for the consumer to ack */
+    pthread_mutex_t fail_mu;
+    svc_slot **failed;
+    int n_failed;
+} serve;
+
+/* ---- Kafka clients ------------------------------------------------------------------------ */
+
+static int conf_set(rd_kafka_conf_t *c, const char *k, const char *v, char *err, size_t errsz)
+{
+    char why[512];
+    if (rd_kafka_conf_set(c, k, v, why, sizeof why) != RD_KAFKA_CONF_OK)
+        return cm_errf(err, errsz, "kafka property %s: %s", k, why);
+    return 0;
+}
+
+static rd_kafka_conf_t *base_conf(const svc_config *cfg, char *err, size_t errsz)
+{
+    rd_kafka_conf_t *c = rd_kafka_conf_new();
+    int rc = conf_set(c, "bootstrap.servers", cfg->kafka.brokers, err, errsz) ||
+             conf_set(c, "client.id", "rankd", err, errsz);
+    for (int i = 0; rc == 0 && i < cfg->kafka.n_props; i++)
+        rc = conf_set(c, cfg->kafka.props[i].key, cfg->kafka.props[i].value, err, errsz);
+    if (rc) {
+        rd_kafka_conf_destroy(c);
+        return NULL;
+    }
+    return c;
+}
+
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque);
+
+static int start_kafka(serve *s, char *err, size_t errsz)
+{
+    const svc_config *cfg = s->cfg;
+    char num[32];
+    rd_kafka_conf_t *pc = base_conf(cfg, err, errsz);
+    if (!pc || conf_set(pc, "enable.idempotence", "true", err, errsz) ||
+        conf_set(pc, "linger.ms", "1", err, errsz))
+        return pc ? (rd_kafka_conf_destroy(pc), -1) : -1;
+    rd_kafka_conf_set_dr_msg_cb(pc, on_delivery);
+    rd_kafka_conf_set_opaque(pc, s);
+    char why[512];
+    if (!(s->producer = rd_kafka_new(RD_KAFKA_PRODUCER, pc, why, sizeof why)))
+        return cm_errf(err, errsz, "kafka producer: %s", why);
+    rd_kafka_conf_t *cc = base_conf(cfg, err, errsz);
+    snprintf(num, sizeof num, "%d", cfg->kafka.commit_interval_ms);
+    if (!cc || conf_set(cc, "group.id", cfg->kafka.group_id, err, errsz) ||
+        conf_set(cc, "enable.auto.offset.store", "false", err, errsz) ||
+        conf_set(cc, "enable.auto.commit", "true", err, errsz) ||
+        conf_set(cc, "auto.commit.interval.ms", num, err, errsz) ||
+        conf_set(cc, "auto.offset.reset", "earliest", err, errsz))
+        return cc ? (rd_kafka_conf_destroy(cc), -1) : -1;
+    if (!(s->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, cc, why, sizeof why)))
+        return cm_errf(err, errsz, "kafka consumer: %s", why);
+    rd_kafka_poll_set_consumer(s->consumer);
+    rd_kafka_topic_partition_list_t *t = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(t, cfg->kafka.input_topic, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t e = rd_kafka_subscribe(s->consumer, t);
+    rd_kafka_topic_partition_list_destroy(t);
+    if (e)
+        return cm_errf(err, errsz, "kafka subscribe %s: %s", cfg->kafka.input_topic, rd_kafka_err2str(e));
+    return 0;
+}
+
+/* ---- delivery and offsets ---------------------------------------------------------------------- */
+
+/* The slot of a Kafka event is done: its offset may move. */
+static void event_done(serve *s, int32_t partition, int64_t offset)
+{
+    svc_offsets_ack(s->offsets, partition, offset);
+}
+
+/* Runs on the consumer thread (rd_kafka_poll of the producer). A refused
+ * message is produced again: its event's offset must not be committed
+ * before its output is in the topic. */
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    serve *s = opaque;
+    const char *topic = rd_kafka_topic_name(m->rkt);
+    int dl = strcmp(topic, s->cfg->kafka.dead_letter_topic) == 0;
+    if (m->err) {
+        atomic_fetch_add(&s->metrics.publish_errors, 1);
+        svc_warn("produce to %s failed (%s); producing again", topic, rd_kafka_err2str(m->err));
+        rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_VALUE(m->payload, m->len),
+                          RD_KAFKA_V_KEY(m->key, m->key_len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                          RD_KAFKA_V_OPAQUE(m->_private), RD_KAFKA_V_END);
+        return;
+    }
+    if (dl) {
+        dead_letter *d = m->_private;
+        event_done(s, d->partition, d->offset);
+        free(d);
+        return;
+    }
+    svc_slot *slot = m->_private;
+    atomic_fetch_add(&s->metrics.published, 1);
+    svc_hist_observe(&s->metrics.e2e, (uint64_t)((rk_now_ns() - slot->consumed_ns) / 1000));
+    event_done(s, slot->partition, slot->offset);
+    svc_slot_put(s->slots, slot);
+}
+
+static void store_offsets(serve *s)
+{
+    rd_kafka_topic_partition_list_t *a = NULL;
+    if (rd_kafka_assignment(s->consumer, &a) || !a)
+        return;
+    rd_kafka_topic_partition_list_t *st = rd_kafka_topic_partition_list_new(a->cnt);
+    for (int i = 0; i < a->cnt; i++) {
+        int64_t next = svc_offsets_committable(s->offsets, a->elems[i].partition);
+        if (next >= 0)
+            rd_kafka_topic_partition_list_add(st, a->elems[i].topic, a->elems[i].partition)->offset = next;
+    }
+    if (st->cnt)
+        rd_kafka_offsets_store(s->consumer, st);
+    rd_kafka_topic_partition_list_destroy(st);
+    rd_kafka_topic_partition_list_destroy(a);
+    atomic_store(&s->metrics.in_flight, svc_offsets_in_flight(s->offsets));
+}
+
+/* Acks the rankings that failed in the batcher (no output to wait for). */
+static void drain_failed(serve *s)
+{
+    pthread_mutex_lock(&s->fail_mu);
+    for (int i = 0; i < s->n_failed; i++) {
+        event_done(s, s->failed[i]->partition, s->failed[i]->offset);
+        svc_slot_put(s->slots, s->failed[i]);
+    }
+    s->n_failed = 0;
+    pthread_mutex_unlock(&s->fail_mu);
+}
+
+static void serve_producer(serve *s)
+{
+    rd_kafka_poll(s->producer, 0);
+    drain_failed(s);
+    store_offsets(s);
+}
+
+/* ---- the answer of a ranking --------------------------------------------------------------------- */
+
+/* The batcher thread: the answer goes to the output topic (a Kafka event)
+ * or back to the waiting HTTP thread. */
+static void job_done(rk_job *j, int status, const char *err, void *ctx)
+{
+    serve *s = ctx;
+    svc_slot *slot = (svc_slot *)j; /* the job is the slot's first member */
+    svc_hist_observe(&s->metrics.rank_latency, (uint64_t)((rk_now_ns() - j->enqueued_ns) / 1000));
+    slot->status = status;
+    if (status) {
+        atomic_fetch_add(&s->metrics.rank_errors, 1);
+        snprintf(slot->err, sizeof slot->err, "%s", err ? err : "ranking failed");
+    }
+    if (slot->partition < 0) { /* HTTP */
+        pthread_mutex_lock(&slot->mu);
+        slot->finished = 1;
+        pthread_cond_signal(&slot->cv);
+        pthread_mutex_unlock(&slot->mu);
+        return;
+    }
+    char out[OUT_BYTES];
+    int len = status ? -1 : svc_slot_json(slot, &s->model, (rk_now_ns() - slot->consumed_ns) / 1000, out, sizeof out);
+    if (len < 0) {
+        svc_error("ranking of event %s failed: %s", slot->event_id, status ? slot->err : "output too large");
+        pthread_mutex_lock(&s->fail_mu);
+        s->failed[s->n_failed++] = slot;
+        pthread_mutex_unlock(&s->fail_mu);
+        return;
+    }
+    rd_kafka_resp_err_t e;
+    while ((e = rd_kafka_producev(s->producer, RD_KAFKA_V_TOPIC(s->cfg->kafka.output_topic),
+                                  RD_KAFKA_V_VALUE(out, (size_t)len), RD_KAFKA_V_KEY(slot->user, strlen(slot->user)),
+                                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(slot),
+                                  RD_KAFKA_V_END)) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+        usleep(1000); /* the consumer thread drains delivery reports */
+    if (e) { /* not even queued: treat as a failed ranking, the event is replayed after a restart */
+        atomic_fetch_add(&s->metrics.publish_errors, 1);
+        svc_error("produce to %s: %s", s->cfg->kafka.output_topic, rd_kafka_err2str(e));
+    }
+}
+
+/* ---- unavailable items ----------------------------------------------------------------------------- */
+
+typedef struct un_ctx {
+    serve *s;
+    cm_strmap *ids;
+    int32_t *rows;
+    int n, cap;
+} un_ctx;
+
+static void add_unavailable(void *ctx, const char *item)
+{
+    un_ctx *u = ctx;
+    int id;
+    if (cm_strmap_intern(u->ids, item, strlen(item), &id) != 1)
+        return;
+    int32_t row = svc_model_item(&u->s->model, item);
+    if (row <= 0)
+        return;
+    if (u->n == u->cap) {
+        int cap = u->cap ? 2 * u->cap : 256;
+        int32_t *r = realloc(u->rows, sizeof(int32_t) * (size_t)cap);
+        if (!r)
+            return;
+        u->rows = r;
+        u->cap = cap;
+    }
+    u->rows[u->n++] = row;
+}
+
+static void refresh_unavailable(serve *s)
+{
+    int64_t now = rk_now_ns();
+    if (now - s->un_refreshed_ns < UNAVAILABLE_REFRESH_NS)
+        return;
+    s->un_refreshed_ns = now;
+    un_ctx u = {.s = s, .ids = cm_strmap_new()};
+    char err[CM_ERRSZ];
+    if (!u.ids || fs_unavailable(s->fs, add_unavailable, &u, err, sizeof err)) {
+        cm_strmap_free(u.ids);
+        free(u.rows);
+        return;
+    }
+    pthread_mutex_lock(&s->un_mu);
+    cm_strmap_free(s->un_ids);
+    free(s->un_rows);
+    s->un_ids = u.ids;
+    s->un_rows = u.rows;
+    s->n_un_rows = u.n;
+    pthread_mutex_unlock(&s->un_mu);
+}
+
+/* Fills a slot's request; called with un_mu held so that the rules'
+ * pointers stay valid. */
+static int fill_slot(serve *s, svc_slot *slot, const fs_user_state *st, char *err, size_t errsz)
+{
+    svc_rank_rules rules = {.exclude_seen = s->cfg->ranking.exclude_seen,
+                            .exclude_unavailable = s->cfg->ranking.exclude_unavailable,
+                            .k = s->cfg->ranking.k, .unavailable = s->un_ids,
+                            .unavailable_rows = s->un_rows, .n_unavailable_rows = s->n_un_rows};
+    return svc_slot_fill(slot, &s->model, st, &rules, err, errsz);
+}
+
+/* ---- the consumer loop ------------------------------------------------------------------------------- */
+
+static int event_kind(const svc_event *ev) { return (int)ev->kind; }
+
+static void dead_letter_msg(serve *s, msg_state *ms)
+{
+    rd_kafka_message_t *m = ms->m;
+    dead_letter *d = malloc(sizeof *d);
+    if (!d)
+        abort(); /* a few bytes; without them the event could never be committed */
+    d->partition = m->partition;
+    d->offset = m->offset;
+    char src[64];
+    snprintf(src, sizeof src, "%d:%lld", (int)m->partition, (long long)m->offset);
+    atomic_fetch_add(&s->metrics.events[ms->kind][SVC_OUT_DEAD_LETTER], 1);
+    svc_debug("dead-letter %s: %s", src, ms->reason);
+    rd_kafka_resp_err_t e;
+    while ((e = rd_kafka_producev(s->producer, RD_KAFKA_V_TOPIC(s->cfg->kafka.dead_letter_topic),
+                                  RD_KAFKA_V_VALUE(m->payload, m->len), RD_KAFKA_V_KEY(m->key, m->key_len),
+                                  RD_KAFKA_V_HEADER("rankd-error", ms->reason, -1),
+                                  RD_KAFKA_V_HEADER("rankd-source", src, -1),
+                                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(d),
+                                  RD_KAFKA_V_END)) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+        rd_kafka_poll(s->producer, 10);
+    if (e) {
+        svc_error("dead-letter produce: %s", rd_kafka_err2str(e));
+        free(d);
+    }
+}
+
+/* Parses one message and queues its feature work. */
+static void take_message(serve *s, msg_state *ms)
+{
+    rd_kafka_message_t *m = ms->m;
+    svc_event ev;
+    ms->valid = 0;
+    ms->kind = SVC_EVK_INVALID;
+    ms->slot = NULL;
+    ms->trigger = 0;
+    if (svc_event_parse(s->parser, m->payload, m->len, &ev, ms->reason, sizeof ms->reason))
+        return;
+    ms->kind = event_kind(&ev);
+    int rc = 0;
+    switch (ev.kind) {
+    case SVC_EV_INTERACTION:
+        rc = fs_batch_interaction(s->fb, ev.id, ev.timestamp, ev.user, ev.item, ev.type);
+        ms->trigger = svc_config_triggers(s->cfg, ev.type);
+        break;
+    case SVC_EV_RANKING:
+        ms->trigger = 1;
+        break;
+    case SVC_EV_ITEM:
+    case SVC_EV_USER: {
+        const char *names[SVC_MAX_FIELDS], *values[SVC_MAX_FIELDS];
+        char num[SVC_MAX_FIELDS][32];
+        for (int i = 0; i < ev.n_fields; i++) {
+            const svc_field *f = &ev.fields[i];
+            names[i] = f->name;
+            if (f->kind == SVC_VAL_BOOL)
+                values[i] = f->boolean ? "true" : "false";
+            else if (f->kind == SVC_VAL_NUMBER)
+                snprintf(num[i], sizeof num[i], "%.17g", f->number), values[i] = num[i];
+            else
+                values[i] = f->string;
+        }
+        rc = ev.kind == SVC_EV_ITEM
+                 ? fs_batch_item(s->fb, ev.item, svc_event_available(&ev), names, values, ev.n_fields)
+                 : fs_batch_user(s->fb, ev.user, names, values, ev.n_fields);
+        break;
+    }
+    }
+    if (rc) {
+        snprintf(ms->reason, sizeof ms->reason, "the feature store refused the event's ids");
+        return;
+    }
+    if (ms->trigger) {
+        char err[256];
+        while (!(ms->slot = svc_slot_get(s->slots)))
+            serve_producer(s), usleep(100); /* all rankings in flight: wait for deliveries */
+        ms->slot->partition = m->partition;
+        ms->slot->offset = m->offset;
+        ms->slot->consumed_ns = rk_now_ns();
+        if (svc_slot_begin(ms->slot, &ev, err, sizeof err)) {
+            snprintf(ms->reason, sizeof ms->reason, "%s", err);
+            svc_slot_put(s->slots, ms->slot);
+            ms->slot = NULL;
+            return;
+        }
+        ms->read = fs_batch_read_user(s->fb, ev.user);
+        if (ms->read < 0) { /* cannot happen: the batch holds two operations per message */
+            snprintf(ms->reason, sizeof ms->reason, "internal: the feature batch is full");
+            svc_slot_put(s->slots, ms->slot);
+            ms->slot = NULL;
+            return;
+        }
+    }
+    ms->valid = 1;
+}
+
+/* One pipelined round trip for the whole round; while Redis is down the
+ * same batch is retried (idempotent) with backoff, and readiness drops. */
+static int exec_features(serve *s)
+{
+    char err[CM_ERRSZ];
+    int delay_ms = 50;
+    while (fs_batch_exec(s->fb, err, sizeof err)) {
+        atomic_fetch_add(&s->metrics.redis_errors, 1);
+        if (atomic_exchange(&s->metrics.ready_redis, 0))
+            svc_error("%s; retrying", err);
+        if (*s->stop)
+            return -1;
+        usleep((useconds_t)delay_ms * 1000);
+        serve_producer(s);
+        delay_ms = delay_ms < 2000 ? delay_ms * 2 : 2000;
+    }
+    if (!atomic_exchange(&s->metrics.ready_redis, 1))
+        svc_info("redis reachable");
+    return 0;
+}
+
+static void finish_round(serve *s, int n)
+{
+    pthread_mutex_lock(&s->un_mu);
+    for (int i = 0; i < n; i++) {
+        msg_state *ms = &s->round[i];
+        rd_kafka_message_t *m = ms->m;
+        if (!ms->valid) {
+            svc_offsets_begin(s->offsets, m->partition, m->offset, 1);
+            dead_letter_msg(s, ms);
+            continue;
+        }
+        if (!ms->slot) {
+            svc_offsets_begin(s->offsets, m->partition, m->offset, 0);
+            atomic_fetch_add(&s->metrics.events[ms->kind][SVC_OUT_APPLIED], 1);
+            continue;
+        }
+        fs_user_state st;
+        char err[256];
+        fs_batch_user_state(s->fb, ms->read, &st);
+        svc_offsets_begin(s->offsets, m->partition, m->offset, 1);
+        atomic_fetch_add(&s->metrics.events[ms->kind][SVC_OUT_RANKED], 1);
+        if (fill_slot(s, ms->slot, &st, err, sizeof err) == 0 &&
+            !(ms->slot->job.req.cands && ms->slot->job.req.n_cands == 0)) {
+            ms->slot->job.done = job_done;
+            ms->slot->job.ctx = s;
+            rk_batcher_submit(s->batcher, &ms->slot->job);
+        } else { /* nothing to rank (every item unavailable): an empty list */
+            ms->slot->job.req.n_out = 0;
+            job_done(&ms->slot->job, 0, NULL, s);
+        }
+    }
+    pthread_mutex_unlock(&s->un_mu);
+}
+
+static void update_lag(serve *s)
+{
+    rd_kafka_topic_partition_list_t *a = NULL;
+    if (rd_kafka_assignment(s->consumer, &a) || !a)
+        return;
+    rd_kafka_position(s->consumer, a);
+    int64_t lag = 0;
+    for (int i = 0; i < a->cnt; i++) {
+        int64_t lo, hi;
+        if (a->elems[i].offset >= 0 &&
+            rd_kafka_get_watermark_offsets(s->consumer, a->elems[i].topic, a->elems[i].partition, &lo, &hi) == 0)
+            lag += hi > a->elems[i].offset ? hi - a->elems[i].offset : 0;
+    }
+    atomic_store(&s->metrics.consumer_lag, lag);
+    rd_kafka_topic_partition_list_destroy(a);
+}
+
+static void consume(serve *s)
+{
+    const int cap = s->cfg->kafka.poll_batch;
+    int64_t last_lag = 0;
+    while (!*s->stop) {
+        int n = 0;
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(s->consumer, s->cfg->kafka.poll_timeout_ms);
+        while (m) {
+            if (m->err) {
+                if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+                    atomic_fetch_add(&s->metrics.kafka_errors, 1);
+                    svc_warn("consumer: %s", rd_kafka_message_errstr(m));
+                }
+                rd_kafka_message_destroy(m);
+            } else {
+                s->round[n++].m = m;
+                atomic_store(&s->metrics.ready_kafka, 1);
+            }
+            m = n < cap ? rd_kafka_consumer_poll(s->consumer, 0) : NULL;
+        }
+        fs_batch_reset(s->fb);
+        for (int i = 0; i < n; i++) {
+            msg_state *ms = &s->round[i];
+            if (ms->m->len > (size_t)s->cfg->kafka.max_event_bytes) {
+                ms->valid = 0;
+                ms->kind = SVC_EVK_INVALID;
+                ms->slot = NULL;
+                snprintf(ms->reason, sizeof ms->reason, "event of %zu bytes exceeds %d", ms->m->len,
+                         s->cfg->kafka.max_event_bytes);
+            } else {
+                take_message(s, ms);
+            }
+        }
+        if (n && exec_features(s) == 0)
+            finish_round(s, n);
+        for (int i = 0; i < n; i++)
+            rd_kafka_message_destroy(s->round[i].m);
+        refresh_unavailable(s);
+        serve_producer(s);
+        if (rk_now_ns() - last_lag > 1000000000LL) {
+            update_lag(s);
+            last_lag = rk_now_ns();
+        }
+    }
+}
+
+/* ---- HTTP: POST /v1/rank -------------------------------------------------------------------------------- */
+
+static void http_error(int status, const char *msg, int *st, char **resp, size_t *len)
+{
+    json_t *o = json_pack("{s:s}", "error", msg);
+    *resp = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    *len = *resp ? strlen(*resp) : 0;
+    *st = status;
+    json_decref(o);
+}
+
+static void http_rank(void *ctx, const char *body, size_t len, int *status, char **resp, size_t *resp_len)
+{
+    serve *s = ctx;
+    int64_t t0 = rk_now_ns();
+    svc_event_limits lim = {.max_bytes = (size_t)s->cfg->http.max_body_bytes, .max_items = s->cfg->ranking.max_candidates};
+    svc_parser *p = svc_parser_new(&lim);
+    svc_event ev;
+    char reason[256];
+    if (!p)
+        return http_error(500, "out of memory", status, resp, resp_len);
+    if (svc_event_parse(p, body, len, &ev, reason, sizeof reason)) {
+        svc_parser_free(p);
+        return http_error(400, reason, status, resp, resp_len);
+    }
+    if (ev.kind != SVC_EV_RANKING) {
+        svc_parser_free(p);
+        return http_error(400, "expected a ranking event", status, resp, resp_len);
+    }
+    svc_slot *slot = svc_slot_get(s->slots);
+    if (!slot) {
+        svc_parser_free(p);
+        return http_error(503, "too many rankings in flight", status, resp, resp_len);
+    }
+    slot->partition = -1;
+    slot->consumed_ns = t0;
+    int rc = svc_slot_begin(slot, &ev, reason, sizeof reason);
+    pthread_mutex_lock(&s->http_mu);
+    fs_batch_reset(s->fb_http);
+    int h = rc == 0 ? fs_batch_read_user(s->fb_http, ev.user) : -1;
+    svc_parser_free(p);
+    char err[CM_ERRSZ];
+    fs_user_state st;
+    if (rc == 0 && (h < 0 || fs_batch_exec(s->fb_http, err, sizeof err))) {
+        atomic_fetch_add(&s->metrics.redis_errors, 1);
+        pthread_mutex_unlock(&s->http_mu);
+        svc_slot_put(s->slots, slot);
+        return http_error(503, "feature store unavailable", status, resp, resp_len);
+    }
+    if (rc == 0) {
+        fs_batch_user_state(s->fb_http, h, &st);
+        pthread_mutex_lock(&s->un_mu);
+        rc = fill_slot(s, slot, &st, reason, sizeof reason);
+        pthread_mutex_unlock(&s->un_mu);
+    }
+    pthread_mutex_unlock(&s->http_mu);
+    if (rc) {
+        svc_slot_put(s->slots, slot);
+        return http_error(400, reason, status, resp, resp_len);
+    }
+    if (slot->job.req.n_cands > 0) {
+        slot->job.done = job_done;
+        slot->job.ctx = s;
+        rk_batcher_submit(s->batcher, &slot->job);
+        pthread_mutex_lock(&slot->mu);
+        while (!slot->finished)
+            pthread_cond_wait(&slot->cv, &slot->mu);
+        pthread_mutex_unlock(&slot->mu);
+    } else {
+        slot->job.req.n_out = 0;
+    }
+    if (slot->status) {
+        http_error(500, slot->err, status, resp, resp_len);
+    } else {
+        char *out = malloc(OUT_BYTES);
+        int n = out ? svc_slot_json(slot, &s->model, (rk_now_ns() - t0) / 1000, out, OUT_BYTES) : -1;
+        if (n < 0) {
+            free(out);
+            http_error(500, "answer too large", status, resp, resp_len);
+        } else {
+            *resp = out;
+            *resp_len = (size_t)n;
+            *status = 200;
+        }
+    }
+    atomic_fetch_add(&s->metrics.events[SVC_EVK_RANKING][SVC_OUT_RANKED], 1);
+    svc_slot_put(s->slots, slot);
+}
+
+/* ---- start and stop ------------------------------------------------------------------------------------ */
+
+static int open_features(serve *s, fs_store **fs, fs_batch **fb, int ops, char *err, size_t errsz)
+{
+    const svc_config *c = s->cfg;
+    fs_opts fo = {.host = c->redis.host, .port = c->redis.port, .password = c->redis.password, .db = c->redis.db,
+                  .prefix = c->redis.prefix, .ttl_history_s = c->redis.ttl_history_s,
+                  .ttl_seen_s = c->redis.ttl_seen_s, .ttl_item_s = c->redis.ttl_item_s,
+                  .ttl_user_s = c->redis.ttl_user_s, .timeout_ms = c->redis.timeout_ms,
+                  .max_hist = s->model.m->cfg.max_hist};
+    if (fs_open(fs, &fo, err, errsz))
+        return -1;
+    *fb = fs_batch_new(*fs, ops);
+    return *fb ? 0 : cm_errf(err, errsz, "out of memory for the feature batches");
+}
+
+static int start(serve *s, char *err, size_t errsz)
+{
+    const svc_config *c = s->cfg;
+    if (!c->model.path || !*c->model.path)
+        return cm_errf(err, errsz, "model.path is not set: which artifact should rankd serve?");
+    if (svc_model_load(&s->model, c->model.path, err, errsz))
+        return -1;
+    s->metrics.model_tag = s->model.tag;
+    atomic_store(&s->metrics.ready_model, 1);
+    svc_info("model %s (%s, %d items)", s->model.tag, c->model.path, s->model.m->cfg.n_items - 1);
+    rk_scorer_opts so = {.max_batch = c->batching.max_batch, .max_cands = c->ranking.max_candidates,
+                         .max_k = c->ranking.k, .max_exclude = MAX_EXCLUDE, .retrieve_n = c->ranking.retrieve_n,
+                         .threads = c->model.threads, .device = c->model.device};
+    if (strcmp(c->model.device, "auto") == 0)
+        svc_info("model.device auto: no GPU engine in this build; scoring on the CPU");
+    if (rk_scorer_new(&s->scorer, s->model.m, &so, err, errsz))
+        return -1;
+    svc_info("scorer: %s", rk_scorer_device(s->scorer));
+    rk_batcher_opts bo = {.max_batch = c->batching.max_batch, .max_wait_us = c->batching.max_wait_us,
+                          .latency_target_us = c->batching.latency_target_us};
+    svc_slot_limits sl = {.max_hist = s->model.m->cfg.max_hist, .max_exclude = MAX_EXCLUDE,
+                          .max_cands = c->ranking.max_candidates, .k = c->ranking.k,
+                          .id_bytes = (size_t)c->ranking.max_candidates * (SVC_MAX_ID + 1)};
+    svc_event_limits el = {.max_bytes = (size_t)c->kafka.max_event_bytes, .max_items = c->ranking.max_candidates};
+    s->slots = svc_slots_new(N_SLOTS, &sl);
+    s->offsets = svc_offsets_new();
+    s->parser = svc_parser_new(&el);
+    s->round = calloc((size_t)c->kafka.poll_batch, sizeof *s->round);
+    s->failed = calloc(N_SLOTS, sizeof *s->failed);
+    if (!s->slots || !s->offsets || !s->parser || !s->round || !s->failed)
+        return cm_errf(err, errsz, "out of memory");
+    if (rk_batcher_new(&s->batcher, s->scorer, &bo, err, errsz) ||
+        open_features(s, &s->fs, &s->fb, 2 * c->kafka.poll_batch, err, errsz) || /* a write + a read each */
+        open_features(s, &s->fs_http, &s->fb_http, 1, err, errsz))
+        return -1;
+    atomic_store(&s->metrics.ready_redis, 1);
+    if (start_kafka(s, err, errsz))
+        return -1;
+    if (c->http.enabled) {
+        svc_http_opts ho = {.bind = c->http.bind, .port = c->http.port, .token = c->http.token,
+                            .max_body = (size_t)c->http.max_body_bytes, .threads = 2};
+        if (svc_http_start(&s->http, &ho, &s->metrics, http_rank, s, err, errsz))
+            return -1;
+        svc_info("http listening on %s:%d", c->http.bind, svc_http_port(s->http));
+    }
+    return 0;
+}
+
+/* Stop consuming; let every ranking in flight reach the broker (or fail);
+ * store and commit what is done. */
+static void finish(serve *s)
+{
+    if (!s->consumer)
+        return;
+    int64_t deadline = rk_now_ns() + 10000000000LL;
+    while (s->slots && svc_slots_free_count(s->slots) < N_SLOTS && rk_now_ns() < deadline) {
+        serve_producer(s);
+        usleep(1000);
+    }
+    rd_kafka_flush(s->producer, 10000);
+    serve_producer(s);
+    rd_kafka_resp_err_t e = rd_kafka_commit(s->consumer, NULL, 0);
+    if (e && e != RD_KAFKA_RESP_ERR__NO_OFFSET)
+        svc_warn("final commit: %s", rd_kafka_err2str(e));
+    svc_info("stopped: %lld events in flight left uncommitted (they will be consumed again)",
+             (long long)svc_offsets_in_flight(s->offsets));
+    rd_kafka_consumer_close(s->consumer);
+}
+
+static void teardown(serve *s)
+{
+    svc_http_stop(s->http);
+    rk_batcher_free(s->batcher); /* finishes queued jobs first */
+    if (s->consumer)
+        rd_kafka_destroy(s->consumer);
+    if (s->producer)
+        rd_kafka_destroy(s->producer);
+    fs_batch_free(s->fb);
+    fs_batch_free(s->fb_http);
+    fs_close(s->fs);
+    fs_close(s->fs_http);
+    svc_parser_free(s->parser);
+    svc_offsets_free(s->offsets);
+    svc_slots_free(s->slots);
+    rk_scorer_free(s->scorer);
+    svc_model_free(&s->model);
+    cm_strmap_free(s->un_ids);
+    free(s->un_rows);
+    free(s->round);
+    free(s->failed);
+    pthread_mutex_destroy(&s->http_mu);
+    pthread_mutex_destroy(&s->un_mu);
+    pthread_mutex_destroy(&s->fail_mu);
+}
+
+int svc_serve(const svc_config *cfg, volatile sig_atomic_t *stop, svc_ready_fn ready, void *ready_ctx, char *err,
+              size_t errsz)
+{
+    serve s;
+    memset(&s, 0, sizeof s);
+    s.cfg = cfg;
+    s.stop = stop;
+    pthread_mutex_init(&s.http_mu, NULL);
+    pthread_mutex_init(&s.un_mu, NULL);
+    pthread_mutex_init(&s.fail_mu, NULL);
+    int rc = start(&s, err, errsz);
+    if (rc == 0) {
+        svc_info("consuming %s as group %s from %s", cfg->kafka.input_topic, cfg->kafka.group_id, cfg->kafka.brokers);
+        if (ready)
+            ready(ready_ctx, s.http ? svc_http_port(s.http) : 0);
+        consume(&s);
+        finish(&s);
+    }
+    teardown(&s);
+    return rc;
+}
+
+/* ---- rankd serve ----------------------------------------------------------------------------------------- */
+
+static volatile sig_atomic_t stopping;
+static void on_signal(int sig)
+{
+    (void)sig;
+    stopping = 1;
+}
+
+int svc_cmd_serve(int argc, char **argv)
+{
+    const char *path = NULL;
+    int help = 0;
+    const svc_arg table[] = {{"config", ARG_STR, &path, 0, 0, "YAML config (default: configs/default.yaml, embedded)"},
+                             {"help", ARG_FLAG, &help, 0, 0, "this help"},
+                             {NULL, 0, NULL, 0, 0, NULL}};
+    const char *pos[1];
+    int npos;
+    char err[CM_ERRSZ] = "";
+    if (svc_args_parse(argc, argv, table, pos, 0, &npos, err, sizeof err) || help) {
+        if (err[0])
+            fprintf(stderr, "rankd serve: %s\n", err);
+        fprintf(stderr, "usage: rankd serve [--config FILE]   (keys also from RANKD_* variables)\n");
+        svc_args_usage(table);
+        return help ? 0 : 2;
+    }
+    svc_config cfg;
+    if (svc_config_load(&cfg, path, err, sizeof err)) {
+        fprintf(stderr, "rankd serve: %s\n", err);
+        return 1;
+    }
+    svc_log_setup(cfg.logging.level, cfg.logging.format);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    int rc = svc_serve(&cfg, &stopping, NULL, NULL, err, sizeof err);
+    if (rc)
+        svc_error("%s", err);
+    svc_config_free(&cfg);
+    return rc ? 1 : 0;
+}
