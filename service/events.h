@@ -10,8 +10,10 @@
  * Every rejection has a reason that names the field: "missing field
  * \"user\"", "field \"timestamp\" must be an integer", "event of 70000
  * bytes exceeds 65536", "unknown event type \"clicks\"". Fields other than
- * these are ignored (forward compatibility). Ids (event, user, item,
- * field name) are 1..SVC_MAX_ID bytes of UTF-8 without control characters. */
+ * these are ignored (forward compatibility). Ids (event, user, item, type,
+ * the ranking's item ids, field names) are 1..SVC_MAX_ID bytes of UTF-8
+ * without control characters. A ranking keeps the first occurrence of an
+ * item listed twice. */
 #ifndef RANKD_SERVICE_EVENTS_H
 #define RANKD_SERVICE_EVENTS_H
 
@@ -30,7 +32,7 @@ typedef struct svc_field {
     svc_value_kind kind;
     int boolean;           /* SVC_VAL_BOOL */
     double number;         /* SVC_VAL_NUMBER */
-    const char *string;    /* SVC_VAL_STRING; for OTHER (lists, objects) the JSON text */
+    const char *string;    /* SVC_VAL_STRING; for OTHER (null, lists, objects) the JSON text */
 } svc_field;
 
 typedef struct svc_event {
@@ -53,18 +55,22 @@ typedef struct svc_event_limits {
 
 typedef struct svc_parser svc_parser;
 
-svc_parser *svc_parser_new(const svc_event_limits *lim); /* NULL on out of memory */
+/* NULL on out of memory or limits out of range (max_bytes 0, max_items < 1).
+ * A parser serves one thread. */
+svc_parser *svc_parser_new(const svc_event_limits *lim);
 void svc_parser_free(svc_parser *p);
 
-/* Parses buf[0..len). On success fills *ev, whose strings stay valid until
- * the next call with the same parser; returns 0. On rejection returns -1
- * with `reason` filled. */
+/* Parses buf[0..len). On success fills *ev, whose strings and items array
+ * belong to the parser (not to buf) and stay valid until its next call or
+ * svc_parser_free; returns 0. On rejection returns -1 with `reason`
+ * filled and *ev zeroed. */
 int svc_event_parse(svc_parser *p, const char *buf, size_t len, svc_event *ev, char *reason,
                     size_t rsz);
 
 const char *svc_event_kind_name(svc_event_kind k);
 
-/* The `available` field of an item event: 1 or 0, or -1 when absent. */
+/* The `available` field of an item event: 1 or 0 for a JSON boolean; -1
+ * when absent, not a boolean, or not an item event. */
 int svc_event_available(const svc_event *ev);
 
 #endif

@@ -63,6 +63,7 @@ typedef struct serve {
     fs_store *fs_http;
     fs_batch *fb_http;
     pthread_mutex_t http_mu;
+    pthread_key_t http_parser; /* each HTTP thread's event parser */
     rd_kafka_t *consumer, *producer;
     svc_offsets *offsets;
     svc_parser *parser;
@@ -90,9 +91,24 @@ static int conf_set(rd_kafka_conf_t *c, const char *k, const char *v, char *err,
     return 0;
 }
 
+/* librdkafka's log lines go through ours. Properties meant for the
+ * consumer are set on the producer too (one list in the config): the
+ * warnings that they are ignored there are debug lines. */
+static void kafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    (void)rk;
+    svc_log_level lv = !strcmp(fac, "CONFWARN") ? SVC_LOG_DEBUG
+                       : level <= 3             ? SVC_LOG_ERROR
+                       : level == 4             ? SVC_LOG_WARN
+                       : level <= 6             ? SVC_LOG_INFO
+                                                : SVC_LOG_DEBUG;
+    svc_log(lv, "kafka %s: %s", fac, buf);
+}
+
 static rd_kafka_conf_t *base_conf(const svc_config *cfg, char *err, size_t errsz)
 {
     rd_kafka_conf_t *c = rd_kafka_conf_new();
+    rd_kafka_conf_set_log_cb(c, kafka_log);
     int rc = conf_set(c, "bootstrap.servers", cfg->kafka.brokers, err, errsz) ||
              conf_set(c, "client.id", "rankd", err, errsz);
     for (int i = 0; rc == 0 && i < cfg->kafka.n_props; i++)
@@ -347,6 +363,15 @@ static void dead_letter_msg(serve *s, msg_state *ms)
     }
 }
 
+/* A string as JSON text, malloc'd (NULL on out of memory). */
+static char *json_quote(const char *str)
+{
+    json_t *j = json_string(str);
+    char *t = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
+    json_decref(j);
+    return t;
+}
+
 /* Parses one message and queues its feature work. */
 static void take_message(serve *s, msg_state *ms)
 {
@@ -370,7 +395,9 @@ static void take_message(serve *s, msg_state *ms)
         break;
     case SVC_EV_ITEM:
     case SVC_EV_USER: {
+        /* fields are stored as JSON text: strings quoted, so "42" and 42 differ */
         const char *names[SVC_MAX_FIELDS], *values[SVC_MAX_FIELDS];
+        char *owned[SVC_MAX_FIELDS] = {0};
         char num[SVC_MAX_FIELDS][32];
         for (int i = 0; i < ev.n_fields; i++) {
             const svc_field *f = &ev.fields[i];
@@ -379,12 +406,18 @@ static void take_message(serve *s, msg_state *ms)
                 values[i] = f->boolean ? "true" : "false";
             else if (f->kind == SVC_VAL_NUMBER)
                 snprintf(num[i], sizeof num[i], "%.17g", f->number), values[i] = num[i];
+            else if (f->kind == SVC_VAL_STRING)
+                values[i] = owned[i] = json_quote(f->string);
             else
                 values[i] = f->string;
+            if (!values[i])
+                values[i] = "null";
         }
         rc = ev.kind == SVC_EV_ITEM
                  ? fs_batch_item(s->fb, ev.item, svc_event_available(&ev), names, values, ev.n_fields)
                  : fs_batch_user(s->fb, ev.user, names, values, ev.n_fields);
+        for (int i = 0; i < ev.n_fields; i++)
+            free(owned[i]);
         break;
     }
     }
@@ -536,6 +569,8 @@ static void consume(serve *s)
 
 /* ---- HTTP: POST /v1/rank -------------------------------------------------------------------------------- */
 
+static void free_parser(void *p) { svc_parser_free(p); }
+
 static void http_error(int status, const char *msg, int *st, char **resp, size_t *len)
 {
     json_t *o = json_pack("{s:s}", "error", msg);
@@ -549,32 +584,30 @@ static void http_rank(void *ctx, const char *body, size_t len, int *status, char
 {
     serve *s = ctx;
     int64_t t0 = rk_now_ns();
-    svc_event_limits lim = {.max_bytes = (size_t)s->cfg->http.max_body_bytes, .max_items = s->cfg->ranking.max_candidates};
-    svc_parser *p = svc_parser_new(&lim);
+    svc_parser *p = pthread_getspecific(s->http_parser);
+    if (!p) { /* one parser per HTTP thread, made on its first request */
+        svc_event_limits lim = {.max_bytes = (size_t)s->cfg->http.max_body_bytes,
+                                .max_items = s->cfg->ranking.max_candidates};
+        if (!(p = svc_parser_new(&lim)) || pthread_setspecific(s->http_parser, p)) {
+            svc_parser_free(p);
+            return http_error(500, "out of memory", status, resp, resp_len);
+        }
+    }
     svc_event ev;
     char reason[256];
-    if (!p)
-        return http_error(500, "out of memory", status, resp, resp_len);
-    if (svc_event_parse(p, body, len, &ev, reason, sizeof reason)) {
-        svc_parser_free(p);
+    if (svc_event_parse(p, body, len, &ev, reason, sizeof reason))
         return http_error(400, reason, status, resp, resp_len);
-    }
-    if (ev.kind != SVC_EV_RANKING) {
-        svc_parser_free(p);
+    if (ev.kind != SVC_EV_RANKING)
         return http_error(400, "expected a ranking event", status, resp, resp_len);
-    }
     svc_slot *slot = svc_slot_get(s->slots);
-    if (!slot) {
-        svc_parser_free(p);
+    if (!slot)
         return http_error(503, "too many rankings in flight", status, resp, resp_len);
-    }
     slot->partition = -1;
     slot->consumed_ns = t0;
     int rc = svc_slot_begin(slot, &ev, reason, sizeof reason);
     pthread_mutex_lock(&s->http_mu);
     fs_batch_reset(s->fb_http);
     int h = rc == 0 ? fs_batch_read_user(s->fb_http, ev.user) : -1;
-    svc_parser_free(p);
     char err[CM_ERRSZ];
     fs_user_state st;
     if (rc == 0 && (h < 0 || fs_batch_exec(s->fb_http, err, sizeof err))) {
@@ -730,6 +763,7 @@ static void teardown(serve *s)
     free(s->round);
     free(s->failed);
     pthread_mutex_destroy(&s->http_mu);
+    pthread_key_delete(s->http_parser);
     pthread_mutex_destroy(&s->un_mu);
     pthread_mutex_destroy(&s->fail_mu);
 }
@@ -740,8 +774,10 @@ int svc_serve(const svc_config *cfg, volatile sig_atomic_t *stop, svc_ready_fn r
     serve s;
     memset(&s, 0, sizeof s);
     s.cfg = cfg;
+    svc_log_setup(cfg->logging.level, cfg->logging.format);
     s.stop = stop;
     pthread_mutex_init(&s.http_mu, NULL);
+    pthread_key_create(&s.http_parser, free_parser);
     pthread_mutex_init(&s.un_mu, NULL);
     pthread_mutex_init(&s.fail_mu, NULL);
     int rc = start(&s, err, errsz);
@@ -787,7 +823,6 @@ int svc_cmd_serve(int argc, char **argv)
         fprintf(stderr, "rankd serve: %s\n", err);
         return 1;
     }
-    svc_log_setup(cfg.logging.level, cfg.logging.format);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
