@@ -137,12 +137,11 @@ bench: deps $(RANKD) $(BENCH_BINS)
 	@bash scripts/install-deps.sh --bench
 	@RANKD_BIN=$(RANKD) bash bench/run_cpu.sh $(BUILD)/bench/bench_cpu
 
-# Until the streaming service lands (issue 4): the model-core demo, a random
-# student model quantized and scored at 512 candidates per request.
-run: deps $(RANKD) $(BUILD)/bench/bench_cpu
-	@$(RANKD) version
-	@mkdir -p $(BUILD)/run
-	@$(BUILD)/bench/bench_cpu $(BUILD)/run int8
+# The service on its embedded default: a model trained here, redis-server,
+# the Kafka dev broker, a stream of events, ranked lists printed as they
+# come (scripts/run.sh). RANKD_DEMO_SECONDS=N stops after N seconds.
+run: deps $(RANKD)
+	@RANKD_BIN=$(RANKD) bash scripts/run.sh
 
 clean:
 	rm -rf build

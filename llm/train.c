@@ -19,7 +19,7 @@ void tr_opts_defaults(tr_opts *o)
     *o = (tr_opts){.d_model = 64, .n_heads = 2, .n_layers = 2, .d_ffn = 256, .max_hist = 50,
                    .dropout = 0.5f, .emb_std = 0.1f, .batch = 128, .lr = 1e-3f, .weight_decay = 0.0f,
                    .beta1 = 0.9f, .beta2 = 0.98f, .clip = 1.0f, .warmup = 100, .max_epochs = 200,
-                   .patience = 10, .eval_every = 1, .eval_users = 0, .topk = 1, .group_size = 64,
+                   .patience = 10, .lr_decay = 0.5f, .decay_patience = 3, .eval_every = 1, .eval_users = 0, .topk = 1, .group_size = 64,
                    .hard_neg = 48, .extra_groups = 0, .rank_weight = 1.0f, .kd_weight = 0.5f,
                    .temperature = 2.0f, .seed = 42, .threads = 0};
 }
@@ -60,6 +60,8 @@ typedef struct run {
     long long step;
     double best;
     int best_epoch, bad_evals;
+    float lr_scale;         /* decayed on plateaus */
+    int since_decay;        /* evaluations without improvement since the last decay */
     char ckpt[4096], evalpath[4096];
 } run;
 
@@ -206,7 +208,7 @@ static void adamw(run *r)
     norm = sqrt(norm);
     float clip = o->clip > 0 && norm > o->clip ? (float)(o->clip / norm) : 1.0f;
     long long t = r->step + 1;
-    float lr = o->lr * (o->warmup > 0 && t < o->warmup ? (float)t / (float)o->warmup : 1.0f);
+    float lr = o->lr * r->lr_scale * (o->warmup > 0 && t < o->warmup ? (float)t / (float)o->warmup : 1.0f);
     float c1 = 1.0f / (1.0f - powf(o->beta1, (float)t)), c2 = 1.0f / (1.0f - powf(o->beta2, (float)t));
     for (size_t i = 0; i < n; i++) {
         float gi = g[i] * clip;
@@ -249,10 +251,11 @@ static void fingerprint(const run *r, char *out, size_t n)
 {
     const tr_opts *o = r->o;
     snprintf(out, n, "d%d h%d l%d f%d n%d items%d acts%d drop%g b%d lr%g wd%g clip%g warm%d k%d g%d hn%d x%d "
-             "rw%g t%s kd%g T%g seed%llu", o->d_model, o->n_heads, o->n_layers, o->d_ffn, o->max_hist,
+             "rw%g t%s kd%g T%g dec%g/%d seed%llu", o->d_model, o->n_heads, o->n_layers, o->d_ffn, o->max_hist,
              r->cfg.n_items, r->cfg.n_actions, o->dropout, o->batch, o->lr, o->weight_decay, o->clip,
              o->warmup, o->topk, o->group_size, o->hard_neg, o->extra_groups, o->rank_weight,
-             o->teacher ? o->teacher : "-", o->kd_weight, o->temperature, (unsigned long long)o->seed);
+             o->teacher ? o->teacher : "-", o->kd_weight, o->temperature, o->lr_decay, o->decay_patience,
+             (unsigned long long)o->seed);
 }
 
 static int write_ckpt(run *r, char *err, size_t errsz)
@@ -261,12 +264,12 @@ static int write_ckpt(run *r, char *err, size_t errsz)
     if (!w)
         return cm_errf(err, errsz, "out of memory");
     int64_t n = (int64_t)tr_model_size(r->m);
-    char fp[512], v[4][32];
+    char fp[512], v[4][64];
     fingerprint(r, fp, sizeof fp);
     snprintf(v[0], sizeof v[0], "%d", r->epoch);
     snprintf(v[1], sizeof v[1], "%lld", r->step);
     snprintf(v[2], sizeof v[2], "%.17g", r->best);
-    snprintf(v[3], sizeof v[3], "%d %d", r->best_epoch, r->bad_evals);
+    snprintf(v[3], sizeof v[3], "%d %d %.9g %d", r->best_epoch, r->bad_evals, r->lr_scale, r->since_decay);
     int rc = tr_model_write(r->m, w, 1, err, errsz) ||
              lm_st_writer_add(w, "adam.m", LM_DT_F32, 1, &n, r->adam_m, err, errsz) ||
              lm_st_writer_add(w, "adam.v", LM_DT_F32, 1, &n, r->adam_v, err, errsz) ||
@@ -306,7 +309,7 @@ static int read_ckpt(run *r, char *err, size_t errsz)
         r->epoch = atoi(e);
         r->step = atoll(st);
         r->best = strtod(b, NULL);
-        rc = sscanf(be, "%d %d", &r->best_epoch, &r->bad_evals) == 2 ? 0
+        rc = sscanf(be, "%d %d %f %d", &r->best_epoch, &r->bad_evals, &r->lr_scale, &r->since_decay) == 4 ? 0
              : cm_errf(err, errsz, "%s: ckpt_best_epoch_bad is \"%s\"", r->ckpt, be);
     }
     lm_st_close(f);
@@ -409,6 +412,7 @@ static int setup(run *r, const lm_dataset *d, const tr_opts *o, char *err, size_
     r->d = d;
     r->o = o;
     r->best = -1.0;
+    r->lr_scale = 1.0f;
     r->cfg = (lm_config){.d_model = o->d_model, .n_heads = o->n_heads, .n_layers = o->n_layers,
                          .d_ffn = o->d_ffn, .max_hist = o->max_hist, .n_items = d->n_items,
                          .n_actions = d->n_actions};
@@ -505,19 +509,27 @@ int tr_train(const lm_dataset *d, const tr_opts *o, tr_report *rep, char *err, s
                 break;
             rep->eval_seconds += now_s() - te;
             double ndcg = res.two_stage.ndcg[1];
-            int better = ndcg > r.best;
+            int better = ndcg > r.best, decayed = 0;
             if (better) {
                 r.best = ndcg;
                 r.best_epoch = r.epoch;
                 r.bad_evals = 0;
+                r.since_decay = 0;
                 if ((rc = write_model(&r, o->out, ndcg, err, errsz)))
                     break;
             } else {
                 r.bad_evals++;
+                if (++r.since_decay >= o->decay_patience && o->lr_decay < 1.0f) {
+                    r.lr_scale *= o->lr_decay;
+                    r.since_decay = 0;
+                    decayed = 1;
+                }
             }
             n += snprintf(line + n, sizeof line - (size_t)n, " | valid NDCG@10 two-stage %.4f retrieval "
                           "%.4f%s (%.1f s)", ndcg, res.retrieval.ndcg[1], better ? " *best*" : "",
                           now_s() - te);
+            if (decayed)
+                n += snprintf(line + n, sizeof line - (size_t)n, " | lr -> %g", o->lr * r.lr_scale);
         }
         double el = now_s() - t0;
         char eta[32];

@@ -13,8 +13,9 @@
  *
  * After every `eval_every` epochs the model is measured on the validation
  * split (two-stage NDCG@10, the pipeline the service runs); the best so far
- * is written to out_path, and training stops after `patience` evaluations
- * without improvement. A checkpoint (parameters, optimizer moments, the
+ * is written to out_path; after `decay_patience` evaluations without
+ * improvement the learning rate is multiplied by lr_decay, and training
+ * stops after `patience` evaluations without improvement. A checkpoint (parameters, optimizer moments, the
  * epoch, the best score) is written after every epoch; --resume continues
  * from it and gives the same model as a run that was never interrupted.
  * A fixed seed gives the same model on the same machine, on any number of
@@ -38,6 +39,9 @@ typedef struct tr_opts {
     float lr, weight_decay, beta1, beta2, clip;
     int warmup;           /* steps */
     int max_epochs, patience, eval_every, eval_users;
+    float lr_decay;       /* learning rate times this after decay_patience evaluations
+                             without improvement (1: constant) */
+    int decay_patience;
     /* ranking head: groups of the top group_size retrieved items (topk), or
      * the positive with hard_neg hardest and uniform negatives (sampled) */
     int topk, group_size, hard_neg, extra_groups;

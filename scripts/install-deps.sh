@@ -11,7 +11,7 @@ pkgs=(
   build-essential pkg-config
   libjansson-dev libyaml-dev librdkafka-dev libhiredis-dev libmicrohttpd-dev
   libopenblas-dev check
-  redis-server
+  redis-server curl
 )
 for a in "$@"; do
   case "$a" in

@@ -2,6 +2,7 @@
  * `rankd eval`: the life of a model before it serves. */
 #include "service/cmd_train.h"
 
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -138,6 +139,8 @@ static int train_common(int argc, char **argv, int distill)
         {"warmup", ARG_INT, &o.warmup, 0, 1e7, "warm-up steps"},
         {"epochs", ARG_INT, &o.max_epochs, 1, 1e6, "most epochs"},
         {"patience", ARG_INT, &o.patience, 1, 1e6, "evaluations without improvement before stopping"},
+        {"lr-decay", ARG_FLOAT, &o.lr_decay, 0.01, 1, "learning rate factor on a plateau (1: constant)"},
+        {"decay-patience", ARG_INT, &o.decay_patience, 1, 1e6, "evaluations without improvement before a decay"},
         {"eval-every", ARG_INT, &o.eval_every, 1, 1e6, "epochs between validations"},
         {"eval-users", ARG_INT, &o.eval_users, 0, 1e9, "validation users (0: all)"},
         {"negatives", ARG_STR, &negatives, 0, 0, "ranking groups: topk (the retrieved top group) or sampled"},
@@ -195,6 +198,85 @@ static int train_common(int argc, char **argv, int distill)
 
 int svc_cmd_train(int argc, char **argv) { return train_common(argc, argv, 0); }
 int svc_cmd_distill(int argc, char **argv) { return train_common(argc, argv, 1); }
+
+/* ---- rankd export -------------------------------------------------------------------------------- */
+
+typedef struct ev_ref {
+    int64_t ts;
+    int user;
+    int64_t idx;
+} ev_ref;
+
+static int by_time(const void *a, const void *b)
+{
+    const ev_ref *x = a, *y = b;
+    if (x->ts != y->ts)
+        return x->ts < y->ts ? -1 : 1;
+    return x->idx < y->idx ? -1 : x->idx > y->idx;
+}
+
+/* Any dataset as JSON-lines interaction events in time order across users,
+ * as a Kafka topic would carry them: the demo stream of `make run`, or
+ * MovieLens turned into events. */
+int svc_cmd_export(int argc, char **argv)
+{
+    const char *format = NULL, *out = NULL;
+    double ts_scale = 0;
+    int help = 0;
+    const svc_arg table[] = {
+        {"format", ARG_STR, &format, 0, 0, "data format: auto, movielens, sequences, jsonl"},
+        {"out", ARG_STR, &out, 0, 0, "output file (default: standard output)"},
+        {"ts-scale", ARG_DOUBLE, &ts_scale, 0, 1e9, "multiply timestamps (0: 1000 for MovieLens seconds, else 1)"},
+        {"help", ARG_FLAG, &help, 0, 0, "this help"},
+        {NULL, 0, NULL, 0, 0, NULL}};
+    const char *pos[1];
+    int npos;
+    char err[CM_ERRSZ] = "";
+    if (svc_args_parse(argc, argv, table, pos, 1, &npos, err, sizeof err) || help || npos != 1) {
+        if (err[0])
+            fprintf(stderr, "rankd export: %s\n", err);
+        fprintf(stderr, "usage: rankd export DATA [--out FILE]   (JSON-lines interaction events)\n");
+        svc_args_usage(table);
+        return help ? 0 : 2;
+    }
+    lm_dataset *d;
+    if (load_data(pos[0], format, &d))
+        return 1;
+    int movielens = (format && !strcmp(format, "movielens")) || strstr(pos[0], "ratings") ||
+                    strstr(pos[0], "movielens");
+    double scale = ts_scale > 0 ? ts_scale : movielens ? 1000.0 : 1.0;
+    ev_ref *refs = malloc(sizeof *refs * (size_t)(d->n_events ? d->n_events : 1));
+    FILE *f = out ? fopen(out, "w") : stdout;
+    if (!refs || !f) {
+        fprintf(stderr, "rankd export: %s\n", !refs ? "out of memory" : out);
+        free(refs);
+        lm_dataset_free(d);
+        return 1;
+    }
+    int64_t n = 0;
+    for (int u = 0; u < d->n_users; u++)
+        for (int64_t e = d->user_off[u]; e < d->user_off[u + 1]; e++)
+            refs[n++] = (ev_ref){.ts = d->ts[e], .user = u, .idx = e};
+    qsort(refs, (size_t)n, sizeof *refs, by_time);
+    for (int64_t i = 0; i < n; i++) {
+        json_t *o = json_pack("{s:s,s:s,s:I,s:s,s:s,s:s}", "event", "interaction", "id", "", "timestamp",
+                              (json_int_t)((double)refs[i].ts * scale), "user", d->user_ids[refs[i].user], "item",
+                              d->item_ids[d->items[refs[i].idx]], "type", d->action_names[d->actions[refs[i].idx]]);
+        char id[96];
+        snprintf(id, sizeof id, "%s-%lld", d->user_ids[refs[i].user], (long long)(refs[i].idx - d->user_off[refs[i].user]));
+        json_object_set_new(o, "id", json_string(id));
+        char *line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        fprintf(f, "%s\n", line);
+        free(line);
+        json_decref(o);
+    }
+    int bad = out ? fclose(f) : fflush(f);
+    fprintf(stderr, "rankd export: %lld events of %d users%s%s\n", (long long)n, d->n_users, out ? " -> " : "",
+            out ? out : "");
+    free(refs);
+    lm_dataset_free(d);
+    return bad ? 1 : 0;
+}
 
 /* ---- rankd eval ------------------------------------------------------------------------------- */
 

@@ -8,5 +8,6 @@ int svc_cmd_synth(int argc, char **argv);
 int svc_cmd_train(int argc, char **argv);
 int svc_cmd_distill(int argc, char **argv);
 int svc_cmd_eval(int argc, char **argv);
+int svc_cmd_export(int argc, char **argv);
 
 #endif

@@ -42,6 +42,7 @@ static const command commands[] = {
     {"train", svc_cmd_train, "train a model: rankd train DATA --out MODEL"},
     {"distill", svc_cmd_distill, "distil a student: rankd distill DATA --teacher T --out MODEL"},
     {"eval", svc_cmd_eval, "HR/NDCG of a model on a dataset: rankd eval MODEL DATA"},
+    {"export", svc_cmd_export, "a dataset as JSON-lines events in time order: rankd export DATA"},
     {"check-config", svc_cmd_check_config, "validate a config, print it: rankd check-config [FILE]"},
 };
 
