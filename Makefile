@@ -79,7 +79,7 @@ TEST_SRCS := $(wildcard tests/check_*.c)
 TESTS     := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null || echo -lcheck)
 
-BENCH_BINS := $(BUILD)/bench/bench_cpu
+BENCH_BINS := $(BUILD)/bench/bench_cpu $(BUILD)/bench/bench_service
 
 .PHONY: all deps test test-unit test-asan bench run clean
 all: $(RANKD)
@@ -135,7 +135,7 @@ test-asan:
 
 bench: deps $(RANKD) $(BENCH_BINS)
 	@bash scripts/install-deps.sh --bench
-	@RANKD_BIN=$(RANKD) bash bench/run_cpu.sh $(BUILD)/bench/bench_cpu
+	@RANKD_BIN=$(RANKD) RANKD_SERVICE_BENCH=$(BUILD)/bench/bench_service bash bench/run_cpu.sh $(BUILD)/bench/bench_cpu
 
 # The service on its embedded default: a model trained here, redis-server,
 # the Kafka dev broker, a stream of events, ranked lists printed as they

@@ -24,6 +24,22 @@ print("\n== retrieval (top-100 of the catalog, history excluded)")
 for r in (r for r in rankd if r["bench"] == "retrieve"):
     print(f"{r['model']:8} {r['quant']:5} threads {r['threads']} B={r['B']:<3} {r['items']:,} items: {r['us']:,.1f} us")
 
+svc = {r["bench"]: r for r in rankd if r["bench"].startswith("service_")}
+if svc:
+    print("\n== rankd serve under load (redis-server, mock Kafka broker, service and load generator on this machine)")
+    if "service_ingest" in svc:
+        r = svc["service_ingest"]
+        print(f"ingest: {r['applied']:,} feature-only interactions in {r['seconds']:.2f} s: {r['events_per_s']:,.0f} events/s")
+    if "service_ranking" in svc:
+        r = svc["service_ranking"]
+        print(f"ranking: {r['ranked']:,} triggering interactions (retrieve 100, top 10) in {r['seconds']:.2f} s: "
+              f"{r['rankings_per_s']:,.0f} rankings/s")
+    if "service_latency" in svc:
+        r = svc["service_latency"]
+        print(f"latency at {r['offered_per_s']:,} rankings/s offered, produce to ranked list consumed: "
+              f"p50 {r['p50_us'] / 1e3:.2f} ms, p99 {r['p99_us'] / 1e3:.2f} ms, p99.9 {r['p999_us'] / 1e3:.2f} ms "
+              f"({r['ranked']:,} of {r['events']:,} answered)")
+
 print("\n== targets")
 allc = max((r["threads"] for r in rankd if r["bench"] == "score"), default=1)
 for r in rankd:
@@ -36,3 +52,9 @@ for r in rankd:
         if r["B"] == 1:
             print(f"int8 B=1 512 candidates, {allc} threads: {r['us']:.0f} us (target < 1000 us): "
                   f"{'met' if r['us'] < 1000 else 'NOT met'}")
+if "service_ingest" in svc:
+    v = svc["service_ingest"]["events_per_s"]
+    print(f"service ingest {v:,.0f} events/s (target >= 50,000): {'met' if v >= 50000 else 'NOT met'}")
+if "service_latency" in svc:
+    v = svc["service_latency"]["p99_us"] / 1e3
+    print(f"service p99 at 1,000 rankings/s: {v:.2f} ms (target < 10 ms): {'met' if v < 10 else 'NOT met'}")

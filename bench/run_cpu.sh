@@ -21,6 +21,10 @@ else
   echo "== PyTorch anchor not run: needs $ref and python3-torch (scripts/install-deps.sh --bench)"
   : > "$out/anchor.jsonl"
 fi
+if [ -n "${RANKD_SERVICE_BENCH:-}" ]; then
+  echo "== rankd serve under load (bench/bench_service.c)"
+  "$RANKD_SERVICE_BENCH" | tee -a "$out/rankd.jsonl"
+fi
 "$py" "$here/report.py" "$out/rankd.jsonl" "$out/anchor.jsonl"
 
 if [ -n "${RANKD_BIN:-}" ]; then

@@ -1,0 +1,380 @@
+/* bench/bench_service.c — rankd serve under load, on this machine: a real
+ * redis-server, a Kafka-protocol broker (librdkafka's mock cluster) and the
+ * service in one process, all on loopback, with a load generator producing
+ * to the broker and consuming the ranked lists.
+ *
+ *   ingest:     interactions that only update features, as fast as they go
+ *   ranking:    triggering interactions as fast as they go (retrieval top
+ *               100 re-ranked, top 10 published)
+ *   latency:    a fixed offered load of triggering interactions; end-to-end
+ *               latency from produce to the ranked list consumed
+ *
+ * Model: a student-sized int8 ranker-v1 (d_model 64, 2 layers, 10,000 items)
+ * with random weights: speed does not depend on what the weights learned.
+ * Prints one JSON line per figure, for bench/report.py. */
+#include <arpa/inet.h>
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <netinet/in.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "llm/quantize.h"
+#include "llm/train_model.h"
+#include "ranker/batcher.h"
+#include "service/config.h"
+#include "service/serve.h"
+
+#define N_ITEMS 10000
+#define N_USERS 20000
+#define MAX_SENT 400000
+
+static char dir[256];
+static pid_t redis_pid = -1;
+static int redis_port;
+
+static double now_s(void) { return (double)rk_now_ns() * 1e-9; }
+
+static void die(const char *what)
+{
+    fprintf(stderr, "bench_service: %s\n", what);
+    if (redis_pid > 0)
+        kill(redis_pid, SIGKILL);
+    exit(1);
+}
+
+/* ---- redis-server ------------------------------------------------------------------------ */
+
+static void start_redis(void)
+{
+    for (int attempt = 0; attempt < 20; attempt++) {
+        redis_port = 20000 + (int)((rk_now_ns() / 1000 + attempt * 7919) % 30000);
+        char port[16], logf[300];
+        snprintf(port, sizeof port, "%d", redis_port);
+        snprintf(logf, sizeof logf, "%s/redis.log", dir);
+        redis_pid = fork();
+        if (redis_pid == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "no", "--dir", dir, "--logfile", logf, (char *)NULL);
+            _exit(127);
+        }
+        for (int i = 0; i < 50; i++) {
+            usleep(100000);
+            redisContext *c = redisConnect("127.0.0.1", redis_port);
+            if (c && !c->err) {
+                redisReply *r = redisCommand(c, "PING");
+                int ok = r && r->type == REDIS_REPLY_STATUS;
+                freeReplyObject(r);
+                redisFree(c);
+                if (ok)
+                    return;
+            } else if (c) {
+                redisFree(c);
+            }
+            int st;
+            if (waitpid(redis_pid, &st, WNOHANG) == redis_pid)
+                break; /* the port was taken: try another */
+        }
+        kill(redis_pid, SIGKILL);
+        waitpid(redis_pid, NULL, 0);
+    }
+    die("cannot start redis-server (scripts/install-deps.sh installs it)");
+}
+
+/* ---- the model ------------------------------------------------------------------------------ */
+
+static void make_model(const char *fp32, const char *int8)
+{
+    lm_config c = {.d_model = 64, .n_heads = 2, .n_layers = 2, .d_ffn = 256, .max_hist = 50,
+                   .n_items = N_ITEMS, .n_actions = 3};
+    tr_limits lim = {.max_seqs = 1, .max_tokens = 50, .max_groups = 0, .group_size = 2};
+    tr_model *m;
+    char err[CM_ERRSZ];
+    if (tr_model_new(&m, &c, &lim, NULL, err, sizeof err))
+        die(err);
+    tr_model_init(m, 1, 0.1f);
+    static char ids[N_ITEMS][8];
+    const char *idp[N_ITEMS];
+    idp[0] = "";
+    for (int i = 1; i < N_ITEMS; i++) {
+        snprintf(ids[i], sizeof ids[i], "i%d", i);
+        idp[i] = ids[i];
+    }
+    lm_st_writer *w = lm_st_writer_new();
+    lm_quantize_stats qs;
+    if (tr_model_write(m, w, 1, err, sizeof err) ||
+        lm_st_writer_meta(w, "actions", "[\"view\",\"click\",\"purchase\"]", err, sizeof err) ||
+        lm_st_writer_meta(w, "name", "bench-student", err, sizeof err) ||
+        lm_vocab_write(w, idp, N_ITEMS, err, sizeof err) || lm_st_writer_save(w, fp32, err, sizeof err) ||
+        lm_quantize_file(fp32, int8, &qs, err, sizeof err))
+        die(err);
+    lm_st_writer_free(w);
+    tr_model_free(m);
+}
+
+/* ---- the service ----------------------------------------------------------------------------------- */
+
+static volatile sig_atomic_t stop_service;
+static svc_config cfg;
+static atomic_int http_port;
+
+static void on_ready(void *ctx, int port)
+{
+    (void)ctx;
+    atomic_store(&http_port, port > 0 ? port : -1);
+}
+
+static void *serve_thread(void *arg)
+{
+    (void)arg;
+    char err[CM_ERRSZ];
+    if (svc_serve(&cfg, &stop_service, on_ready, NULL, err, sizeof err)) {
+        fprintf(stderr, "bench_service: %s\n", err);
+        atomic_store(&http_port, -1);
+    }
+    return NULL;
+}
+
+/* A counter from /metrics, read over a plain socket. */
+static long long metric(const char *name)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atomic_load(&http_port))};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    static char buf[1 << 17];
+    size_t got = 0;
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+        write(fd, "GET /metrics HTTP/1.0\r\n\r\n", 25) == 25) {
+        ssize_t r;
+        while ((r = read(fd, buf + got, sizeof buf - 1 - got)) > 0)
+            got += (size_t)r;
+    }
+    if (fd >= 0)
+        close(fd);
+    buf[got] = '\0';
+    const char *p = strstr(buf, name);
+    return p && p[strlen(name)] == ' ' ? atoll(p + strlen(name) + 1) : -1;
+}
+
+/* ---- the load generator ----------------------------------------------------------------------------------- */
+
+static rd_kafka_t *producer, *reader;
+static char brokers[128];
+static double *sent_at; /* [MAX_SENT] by event number */
+static atomic_int received;
+static double *lat_us;
+static atomic_int n_lat;
+static atomic_int reading = 1;
+
+static rd_kafka_t *client(rd_kafka_type_t type)
+{
+    char err[512];
+    rd_kafka_conf_t *c = rd_kafka_conf_new();
+    rd_kafka_conf_set(c, "bootstrap.servers", brokers, err, sizeof err);
+    rd_kafka_conf_set(c, "log_level", "3", err, sizeof err);
+    if (type == RD_KAFKA_PRODUCER) {
+        rd_kafka_conf_set(c, "linger.ms", "1", err, sizeof err);
+        rd_kafka_conf_set(c, "queue.buffering.max.messages", "1000000", err, sizeof err);
+    } else {
+        rd_kafka_conf_set(c, "group.id", "bench-reader", err, sizeof err);
+        rd_kafka_conf_set(c, "fetch.wait.max.ms", "1", err, sizeof err);
+    }
+    rd_kafka_t *rk = rd_kafka_new(type, c, err, sizeof err);
+    if (!rk)
+        die(err);
+    return rk;
+}
+
+static void send_event(int no, const char *type)
+{
+    char buf[200], user[16];
+    int u = (int)(((unsigned)no * 2654435761u) % N_USERS);
+    snprintf(user, sizeof user, "u%d", u);
+    int n = snprintf(buf, sizeof buf,
+                     "{\"event\":\"interaction\",\"id\":\"e%d\",\"timestamp\":%d,\"user\":\"%s\",\"item\":\"i%d\","
+                     "\"type\":\"%s\"}", no, 1000 + no, user, 1 + (int)(((unsigned)no * 40503u) % (N_ITEMS - 1)), type);
+    sent_at[no] = now_s();
+    while (rd_kafka_producev(producer, RD_KAFKA_V_TOPIC("ev"), RD_KAFKA_V_VALUE(buf, (size_t)n),
+                             RD_KAFKA_V_KEY(user, strlen(user)), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                             RD_KAFKA_V_END) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+        rd_kafka_poll(producer, 1);
+    rd_kafka_poll(producer, 0);
+}
+
+static void *read_outputs(void *arg)
+{
+    (void)arg;
+    while (atomic_load(&reading)) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(reader, 20);
+        if (!m)
+            continue;
+        if (!m->err) {
+            double t = now_s();
+            const char *p = memchr(m->payload, 'e', m->len); /* {"id":"e<no>" */
+            int no = p ? atoi(p + 1) : -1;
+            if (no >= 0 && no < MAX_SENT && sent_at[no] > 0) {
+                int k = atomic_fetch_add(&n_lat, 1);
+                if (k < MAX_SENT)
+                    lat_us[k] = (t - sent_at[no]) * 1e6;
+            }
+            atomic_fetch_add(&received, 1);
+        }
+        rd_kafka_message_destroy(m);
+    }
+    return NULL;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double pct(double *v, int n, double q) { return n ? v[(int)(q * (n - 1))] : 0.0; }
+
+/* Waits until `want` ranked lists have come or `secs` passed. */
+static void wait_received(int want, double secs)
+{
+    double t0 = now_s();
+    while (atomic_load(&received) < want && now_s() - t0 < secs)
+        usleep(1000);
+}
+
+int main(void)
+{
+    snprintf(dir, sizeof dir, "/tmp/rankd-bench.XXXXXX");
+    if (!mkdtemp(dir))
+        die("mkdtemp");
+    sent_at = calloc(MAX_SENT, sizeof *sent_at);
+    lat_us = calloc(MAX_SENT, sizeof *lat_us);
+    char fp32[300], int8[300], yaml[300], err[CM_ERRSZ];
+    snprintf(fp32, sizeof fp32, "%s/model.safetensors", dir);
+    snprintf(int8, sizeof int8, "%s/model.int8.safetensors", dir);
+    snprintf(yaml, sizeof yaml, "%s/rankd.yaml", dir);
+    make_model(fp32, int8);
+    start_redis();
+    rd_kafka_t *owner = client(RD_KAFKA_PRODUCER);
+    rd_kafka_mock_cluster_t *mc = rd_kafka_mock_cluster_new(owner, 1);
+    const char *topics[3] = {"ev", "out", "dlq"};
+    for (int i = 0; i < 3; i++)
+        rd_kafka_mock_topic_create(mc, topics[i], 4, 1);
+    snprintf(brokers, sizeof brokers, "%s", rd_kafka_mock_cluster_bootstraps(mc));
+    FILE *f = fopen(yaml, "w");
+    fprintf(f, "kafka:\n  brokers: \"%s\"\n  input_topic: ev\n  output_topic: out\n  dead_letter_topic: dlq\n"
+               "  poll_batch: 512\n  poll_timeout_ms: 5\n  properties:\n    session.timeout.ms: \"6000\"\n"
+               "    fetch.wait.max.ms: \"1\"\nredis:\n  port: %d\nmodel:\n  path: \"%s\"\n"
+               "ranking:\n  retrieve_n: 100\n  k: 10\n  trigger_types: [click]\nhttp:\n  port: 0\n"
+               "batching:\n  max_batch: 64\nlogging:\n  level: warn\n", brokers, redis_port, int8);
+    fclose(f);
+    if (svc_config_load(&cfg, yaml, err, sizeof err))
+        die(err);
+    pthread_t st, rt;
+    pthread_create(&st, NULL, serve_thread, NULL);
+    while (atomic_load(&http_port) == 0)
+        usleep(10000);
+    if (atomic_load(&http_port) < 0)
+        die("the service did not start");
+    producer = client(RD_KAFKA_PRODUCER);
+    reader = client(RD_KAFKA_CONSUMER);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(4);
+    for (int p = 0; p < 4; p++)
+        rd_kafka_topic_partition_list_add(l, "out", p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_assign(reader, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    pthread_create(&rt, NULL, read_outputs, NULL);
+    int no = 0;
+
+    /* warm-up: the group join, the first batches */
+    for (int i = 0; i < 200; i++)
+        send_event(no++, "click");
+    rd_kafka_flush(producer, 10000);
+    wait_received(200, 60);
+
+    /* ingest: interactions that only update features */
+    const int n_ingest = 200000;
+    long long applied0 = metric("rankd_events_total{type=\"interaction\",outcome=\"applied\"}");
+    double t0 = now_s();
+    for (int i = 0; i < n_ingest; i++)
+        send_event(no++, "view");
+    rd_kafka_flush(producer, 60000);
+    double t_sent = now_s();
+    long long applied = applied0;
+    while (applied - applied0 < n_ingest && now_s() - t0 < 120) {
+        usleep(20000);
+        applied = metric("rankd_events_total{type=\"interaction\",outcome=\"applied\"}");
+    }
+    double t_ingest = now_s() - t0;
+    printf("{\"bench\": \"service_ingest\", \"events\": %d, \"applied\": %lld, \"seconds\": %.2f, "
+           "\"events_per_s\": %.0f, \"produce_seconds\": %.2f}\n",
+           n_ingest, applied - applied0, t_ingest, (double)(applied - applied0) / t_ingest, t_sent - t0);
+    fflush(stdout);
+
+    /* ranking throughput: triggering interactions as fast as they go */
+    const int n_rank = 20000;
+    atomic_store(&received, 0);
+    atomic_store(&n_lat, 0);
+    t0 = now_s();
+    for (int i = 0; i < n_rank; i++)
+        send_event(no++, "click");
+    rd_kafka_flush(producer, 60000);
+    wait_received(n_rank, 120);
+    double t_rank = now_s() - t0;
+    printf("{\"bench\": \"service_ranking\", \"events\": %d, \"ranked\": %d, \"seconds\": %.2f, "
+           "\"rankings_per_s\": %.0f}\n", n_rank, atomic_load(&received), t_rank, atomic_load(&received) / t_rank);
+    fflush(stdout);
+
+    /* latency at a fixed offered load */
+    const int rate = 1000, secs = 10, n_lat_events = rate * secs;
+    wait_received(n_rank, 5);
+    atomic_store(&received, 0);
+    atomic_store(&n_lat, 0);
+    t0 = now_s();
+    for (int i = 0; i < n_lat_events; i++) {
+        double due = t0 + (double)i / rate;
+        while (now_s() < due)
+            usleep(50);
+        send_event(no++, "click");
+    }
+    rd_kafka_flush(producer, 10000);
+    wait_received(n_lat_events, 30);
+    int n = atomic_load(&n_lat) < MAX_SENT ? atomic_load(&n_lat) : MAX_SENT;
+    qsort(lat_us, (size_t)n, sizeof *lat_us, cmp_d);
+    printf("{\"bench\": \"service_latency\", \"offered_per_s\": %d, \"events\": %d, \"ranked\": %d, "
+           "\"p50_us\": %.0f, \"p99_us\": %.0f, \"p999_us\": %.0f, \"max_us\": %.0f}\n",
+           rate, n_lat_events, n, pct(lat_us, n, 0.5), pct(lat_us, n, 0.99), pct(lat_us, n, 0.999),
+           n ? lat_us[n - 1] : 0.0);
+    fflush(stdout);
+
+    atomic_store(&reading, 0);
+    pthread_join(rt, NULL);
+    stop_service = 1;
+    pthread_join(st, NULL);
+    rd_kafka_consumer_close(reader);
+    rd_kafka_destroy(reader);
+    rd_kafka_destroy(producer);
+    rd_kafka_mock_cluster_destroy(mc);
+    rd_kafka_destroy(owner);
+    svc_config_free(&cfg);
+    kill(redis_pid, SIGTERM);
+    waitpid(redis_pid, NULL, 0);
+    char rm[300];
+    snprintf(rm, sizeof rm, "rm -rf %s", dir);
+    if (system(rm) != 0)
+        fprintf(stderr, "bench_service: could not remove %s\n", dir);
+    free(sent_at);
+    free(lat_us);
+    return 0;
+}
