@@ -175,7 +175,7 @@ static rd_kafka_t *producer, *reader;
 static char brokers[128];
 static double *sent_at; /* [MAX_SENT] by event number */
 static atomic_int received;
-static double *lat_us;
+static double *lat_us, *took_us; /* end to end; inside rankd (the output's took_us) */
 static atomic_int n_lat;
 static atomic_int reading = 1;
 
@@ -225,10 +225,13 @@ static void *read_outputs(void *arg)
             double t = now_s();
             const char *p = memchr(m->payload, 'e', m->len); /* {"id":"e<no>" */
             int no = p ? atoi(p + 1) : -1;
+            const char *tk = memmem(m->payload, m->len, "\"took_us\":", 10);
             if (no >= 0 && no < MAX_SENT && sent_at[no] > 0) {
                 int k = atomic_fetch_add(&n_lat, 1);
-                if (k < MAX_SENT)
+                if (k < MAX_SENT) {
                     lat_us[k] = (t - sent_at[no]) * 1e6;
+                    took_us[k] = tk ? atof(tk + 10) : 0.0;
+                }
             }
             atomic_fetch_add(&received, 1);
         }
@@ -260,6 +263,7 @@ int main(void)
         die("mkdtemp");
     sent_at = calloc(MAX_SENT, sizeof *sent_at);
     lat_us = calloc(MAX_SENT, sizeof *lat_us);
+    took_us = calloc(MAX_SENT, sizeof *took_us);
     char fp32[300], int8[300], yaml[300], err[CM_ERRSZ];
     snprintf(fp32, sizeof fp32, "%s/model.safetensors", dir);
     snprintf(int8, sizeof int8, "%s/model.int8.safetensors", dir);
@@ -352,10 +356,12 @@ int main(void)
     wait_received(n_lat_events, 30);
     int n = atomic_load(&n_lat) < MAX_SENT ? atomic_load(&n_lat) : MAX_SENT;
     qsort(lat_us, (size_t)n, sizeof *lat_us, cmp_d);
+    qsort(took_us, (size_t)n, sizeof *took_us, cmp_d);
     printf("{\"bench\": \"service_latency\", \"offered_per_s\": %d, \"events\": %d, \"ranked\": %d, "
-           "\"p50_us\": %.0f, \"p99_us\": %.0f, \"p999_us\": %.0f, \"max_us\": %.0f}\n",
+           "\"p50_us\": %.0f, \"p99_us\": %.0f, \"p999_us\": %.0f, \"max_us\": %.0f, "
+           "\"inside_p50_us\": %.0f, \"inside_p99_us\": %.0f}\n",
            rate, n_lat_events, n, pct(lat_us, n, 0.5), pct(lat_us, n, 0.99), pct(lat_us, n, 0.999),
-           n ? lat_us[n - 1] : 0.0);
+           n ? lat_us[n - 1] : 0.0, pct(took_us, n, 0.5), pct(took_us, n, 0.99));
     fflush(stdout);
 
     atomic_store(&reading, 0);
@@ -376,5 +382,6 @@ int main(void)
         fprintf(stderr, "bench_service: could not remove %s\n", dir);
     free(sent_at);
     free(lat_us);
+    free(took_us);
     return 0;
 }

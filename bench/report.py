@@ -38,7 +38,8 @@ if svc:
         r = svc["service_latency"]
         print(f"latency at {r['offered_per_s']:,} rankings/s offered, produce to ranked list consumed: "
               f"p50 {r['p50_us'] / 1e3:.2f} ms, p99 {r['p99_us'] / 1e3:.2f} ms, p99.9 {r['p999_us'] / 1e3:.2f} ms "
-              f"({r['ranked']:,} of {r['events']:,} answered)")
+              f"({r['ranked']:,} of {r['events']:,} answered); inside rankd (consume to produce): "
+              f"p50 {r['inside_p50_us'] / 1e3:.2f} ms, p99 {r['inside_p99_us'] / 1e3:.2f} ms")
 
 print("\n== targets")
 allc = max((r["threads"] for r in rankd if r["bench"] == "score"), default=1)
