@@ -124,10 +124,10 @@ int svc_metrics_render(const svc_metrics *m, char **out, size_t *len)
                 "rankd_model_info{model=\"%s\"} 1\n", m->model_tag);
     histogram(&b, "rankd_e2e_latency_seconds", "From consuming an event to its ranked list acknowledged.", &m->e2e);
     histogram(&b, "rankd_rank_latency_seconds", "From queueing a rank request to its answer.", &m->rank_latency);
-    put(&b, "# HELP rankd_batch_size_total Scorer batches by size (jobs).\n# TYPE rankd_batch_size_total counter\n");
-    static const char *const sizes[SVC_BATCH_BUCKETS] = {"1", "2", "4", "8", "16", "32", "64", "+Inf"};
+    put(&b, "# HELP rankd_batches_total Scorer batches by their number of requests.\n# TYPE rankd_batches_total counter\n");
+    static const char *const sizes[SVC_BATCH_BUCKETS] = {"1", "2", "3-4", "5-8", "9-16", "17-32", "33-64", "65+"};
     for (int i = 0; i < SVC_BATCH_BUCKETS; i++)
-        put(&b, "rankd_batch_size_total{le=\"%s\"} %llu\n", sizes[i], (unsigned long long)atomic_load(&m->batch_size[i]));
+        put(&b, "rankd_batches_total{size=\"%s\"} %llu\n", sizes[i], (unsigned long long)atomic_load(&m->batch_size[i]));
     put(&b, "# HELP rankd_http_requests_total HTTP requests by endpoint and status class.\n"
             "# TYPE rankd_http_requests_total counter\n");
     for (int e = 0; e < SVC_EP_N; e++)

@@ -122,6 +122,17 @@ static rd_kafka_conf_t *base_conf(const svc_config *cfg, char *err, size_t errsz
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque);
 
+/* Client-level errors: all brokers down makes the service not ready; the
+ * consumer loop's metadata check makes it ready again. */
+static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    (void)rk;
+    serve *s = opaque;
+    atomic_fetch_add(&s->metrics.kafka_errors, 1);
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN && atomic_exchange(&s->metrics.ready_kafka, 0))
+        svc_error("kafka: %s", reason);
+}
+
 static int start_kafka(serve *s, char *err, size_t errsz)
 {
     const svc_config *cfg = s->cfg;
@@ -131,12 +142,17 @@ static int start_kafka(serve *s, char *err, size_t errsz)
         conf_set(pc, "linger.ms", "1", err, errsz))
         return pc ? (rd_kafka_conf_destroy(pc), -1) : -1;
     rd_kafka_conf_set_dr_msg_cb(pc, on_delivery);
+    rd_kafka_conf_set_error_cb(pc, on_error);
     rd_kafka_conf_set_opaque(pc, s);
     char why[512];
     if (!(s->producer = rd_kafka_new(RD_KAFKA_PRODUCER, pc, why, sizeof why)))
         return cm_errf(err, errsz, "kafka producer: %s", why);
     rd_kafka_conf_t *cc = base_conf(cfg, err, errsz);
     snprintf(num, sizeof num, "%d", cfg->kafka.commit_interval_ms);
+    if (cc) {
+        rd_kafka_conf_set_error_cb(cc, on_error);
+        rd_kafka_conf_set_opaque(cc, s);
+    }
     if (!cc || conf_set(cc, "group.id", cfg->kafka.group_id, err, errsz) ||
         conf_set(cc, "enable.auto.offset.store", "false", err, errsz) ||
         conf_set(cc, "enable.auto.commit", "true", err, errsz) ||
@@ -504,6 +520,25 @@ static void finish_round(serve *s, int n)
     pthread_mutex_unlock(&s->un_mu);
 }
 
+/* Once a second: can the consumer reach a broker (a metadata request for
+ * the input topic)? And the batcher's batch sizes, for /metrics. */
+static void check_health(serve *s)
+{
+    rd_kafka_topic_t *t = rd_kafka_topic_new(s->consumer, s->cfg->kafka.input_topic, NULL);
+    const struct rd_kafka_metadata *md = NULL;
+    int ok = t && rd_kafka_metadata(s->consumer, 0, t, &md, 200) == RD_KAFKA_RESP_ERR_NO_ERROR;
+    if (md)
+        rd_kafka_metadata_destroy(md);
+    if (t)
+        rd_kafka_topic_destroy(t);
+    if (ok && !atomic_exchange(&s->metrics.ready_kafka, 1))
+        svc_info("kafka reachable");
+    rk_batcher_stats bs;
+    rk_batcher_stats_get(s->batcher, &bs);
+    for (int i = 0; i < SVC_BATCH_BUCKETS; i++)
+        atomic_store(&s->metrics.batch_size[i], bs.size_hist[i]);
+}
+
 static void update_lag(serve *s)
 {
     rd_kafka_topic_partition_list_t *a = NULL;
@@ -537,7 +572,6 @@ static void consume(serve *s)
                 rd_kafka_message_destroy(m);
             } else {
                 s->round[n++].m = m;
-                atomic_store(&s->metrics.ready_kafka, 1);
             }
             m = n < cap ? rd_kafka_consumer_poll(s->consumer, 0) : NULL;
         }
@@ -562,6 +596,7 @@ static void consume(serve *s)
         serve_producer(s);
         if (rk_now_ns() - last_lag > 1000000000LL) {
             update_lag(s);
+            check_health(s);
             last_lag = rk_now_ns();
         }
     }
@@ -710,6 +745,7 @@ static int start(serve *s, char *err, size_t errsz)
     atomic_store(&s->metrics.ready_redis, 1);
     if (start_kafka(s, err, errsz))
         return -1;
+    check_health(s);
     if (c->http.enabled) {
         svc_http_opts ho = {.bind = c->http.bind, .port = c->http.port, .token = c->http.token,
                             .max_body = (size_t)c->http.max_body_bytes, .threads = 2};

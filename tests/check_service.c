@@ -343,6 +343,75 @@ START_TEST(test_stream)
 }
 END_TEST
 
+/* Items marked unavailable by an item event leave every later ranking,
+ * retrieved or given; marked available again, they come back. */
+static int list_has(json_t *j, const char *item)
+{
+    size_t i;
+    json_t *it;
+    json_array_foreach(json_object_get(j, "items"), i, it) if (!strcmp(json_string_value(json_object_get(it, "item")), item))
+        return 1;
+    return 0;
+}
+
+START_TEST(test_unavailable)
+{
+    th_kafka k;
+    th_redis rd;
+    setup_world(&k, &rd);
+    svc_run run;
+    serve_start(&run);
+    static char body[65536];
+    const char *rank = "{\"event\":\"ranking\",\"id\":\"q\",\"timestamp\":1,\"user\":\"zed\","
+                       "\"items\":[{\"id\":\"i1\"},{\"id\":\"i2\"},{\"id\":\"i3\"}]}";
+    ck_assert_int_eq(http(run.http_port, "/v1/rank", rank, body), 200);
+    json_t *before = json_loads(body, 0, NULL);
+    /* the best retrieved item for a fresh user, then marked unavailable */
+    send_interaction(&k, "zed", 5, "click");
+    outputs o;
+    memset(&o, 0, sizeof o);
+    th_kafka_read_all(&k, "out", PARTS, 1, 20000, on_output, &o);
+    ck_assert(o.by_id[0] != NULL);
+    const char *top = json_string_value(json_object_get(json_array_get(json_object_get(o.by_id[0], "items"), 0), "item"));
+    char top_id[16];
+    snprintf(top_id, sizeof top_id, "%s", top);
+    char ev[256];
+    int n = snprintf(ev, sizeof ev, "{\"event\":\"item\",\"id\":\"it1\",\"timestamp\":2,\"item\":\"%s\","
+                     "\"fields\":[{\"name\":\"available\",\"value\":false}]}", top_id);
+    th_kafka_send(&k, "ev", top_id, ev, (size_t)n);
+    n = snprintf(ev, sizeof ev, "{\"event\":\"item\",\"id\":\"it2\",\"timestamp\":2,\"item\":\"i2\","
+                 "\"fields\":[{\"name\":\"available\",\"value\":false}]}");
+    th_kafka_send(&k, "ev", "i2", ev, (size_t)n);
+    th_sleep_ms(2500); /* applied, and the service's view of unavailable items refreshed (1 s) */
+    send_interaction(&k, "zed", 6, "click");
+    outputs_free(&o);
+    memset(&o, 0, sizeof o);
+    th_kafka_read_all(&k, "out", PARTS, 2, 20000, on_output, &o);
+    ck_assert(o.by_id[1] != NULL);
+    ck_assert_msg(!list_has(o.by_id[1], top_id), "%s is unavailable but was recommended", top_id);
+    ck_assert_int_eq(http(run.http_port, "/v1/rank", rank, body), 200);
+    json_t *after = json_loads(body, 0, NULL);
+    ck_assert(list_has(before, "i2") && !list_has(after, "i2"));
+    n = snprintf(ev, sizeof ev, "{\"event\":\"item\",\"id\":\"it3\",\"timestamp\":3,\"item\":\"i2\","
+                 "\"fields\":[{\"name\":\"available\",\"value\":true}]}");
+    th_kafka_send(&k, "ev", "i2", ev, (size_t)n);
+    th_sleep_ms(2500);
+    ck_assert_int_eq(http(run.http_port, "/v1/rank", rank, body), 200);
+    json_t *again = json_loads(body, 0, NULL);
+    ck_assert(list_has(again, "i2"));
+    printf("unavailable: %s left the retrieved list, i2 the given one (%zu -> %zu items) and came back (%zu)\n",
+           top_id, json_array_size(json_object_get(before, "items")), json_array_size(json_object_get(after, "items")),
+           json_array_size(json_object_get(again, "items")));
+    json_decref(again);
+    json_decref(before);
+    json_decref(after);
+    outputs_free(&o);
+    serve_stop(&run);
+    th_kafka_stop(&k);
+    th_redis_stop(&rd);
+}
+END_TEST
+
 /* Stop in the middle of a stream, start again: every trigger gets its list
  * (duplicates allowed: at-least-once), every event applied exactly once,
  * and a graceful stop commits everything done. */
@@ -413,6 +482,7 @@ int main(void)
     Suite *s = suite_create("service");
     TCase *tc = tcase_create("service");
     tcase_add_test(tc, test_stream);
+    tcase_add_test(tc, test_unavailable);
     tcase_add_test(tc, test_restart);
     tcase_set_timeout(tc, 120);
     suite_add_tcase(s, tc);
