@@ -133,6 +133,35 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
         svc_error("kafka: %s", reason);
 }
 
+static void store_offsets(serve *s);
+
+/* On the consumer thread, inside its poll. Before partitions go, what is
+ * done is stored and committed, so that their next owner starts right
+ * after it; their tracking is dropped (a late delivery report of one of
+ * their events changes nothing here: the event is done either way). */
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t e, rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    serve *s = opaque;
+    int cooperative = !strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE");
+    if (e == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        if (cooperative)
+            rd_kafka_error_destroy(rd_kafka_incremental_assign(rk, parts));
+        else
+            rd_kafka_assign(rk, parts);
+        svc_info("assigned %d partitions of %s", parts->cnt, s->cfg->kafka.input_topic);
+        return;
+    }
+    store_offsets(s);
+    rd_kafka_commit(rk, NULL, 0);
+    for (int i = 0; i < parts->cnt; i++)
+        svc_offsets_drop(s->offsets, parts->elems[i].partition);
+    if (cooperative)
+        rd_kafka_error_destroy(rd_kafka_incremental_unassign(rk, parts));
+    else
+        rd_kafka_assign(rk, NULL);
+    svc_info("revoked %d partitions", parts->cnt);
+}
+
 static int start_kafka(serve *s, char *err, size_t errsz)
 {
     const svc_config *cfg = s->cfg;
@@ -151,6 +180,7 @@ static int start_kafka(serve *s, char *err, size_t errsz)
     snprintf(num, sizeof num, "%d", cfg->kafka.commit_interval_ms);
     if (cc) {
         rd_kafka_conf_set_error_cb(cc, on_error);
+        rd_kafka_conf_set_rebalance_cb(cc, on_rebalance);
         rd_kafka_conf_set_opaque(cc, s);
     }
     if (!cc || conf_set(cc, "group.id", cfg->kafka.group_id, err, errsz) ||
