@@ -158,7 +158,14 @@ static void make_batch(run *r, int u0, int u1)
     int T = 0, G = 0;
     r->seq_off[0] = 0;
     for (int i = u0; i < u1; i++) {
-        int u = r->users[i], n = lm_user_train_len(d, u), len = n - 1 < o->max_hist ? n - 1 : o->max_hist;
+        uint64_t s = mix(o->seed ^ mix((uint64_t)r->step * 131 + (uint64_t)i));
+        /* the window ends at the end of the training part, or with
+         * probability `crop` at a random earlier event: long histories
+         * then show more than their last max_hist events over the epochs */
+        int u = r->users[i], n = lm_user_train_len(d, u);
+        if (o->crop > 0 && n > 2 && (double)(mix(s ^ 0xc0ffee) >> 11) * 0x1p-53 < o->crop)
+            n = 2 + (int)(mix(s ^ 0xbeef) % (uint64_t)(n - 1));
+        int len = n - 1 < o->max_hist ? n - 1 : o->max_hist;
         int64_t e0 = d->user_off[u] + (n - 1 - len);
         for (int t = 0; t < len; t++) {
             r->items[T + t] = d->items[e0 + t];
@@ -166,7 +173,6 @@ static void make_batch(run *r, int u0, int u1)
             r->targets[T + t] = d->items[e0 + t + 1];
         }
         /* extra groups at distinct earlier tokens, in increasing order */
-        uint64_t s = mix(o->seed ^ mix((uint64_t)r->step * 131 + (uint64_t)i));
         int picked[64], np = 0, want = o->extra_groups < len - 1 ? o->extra_groups : len - 1;
         while (np < want && np < 64) {
             s = mix(s);
@@ -250,10 +256,10 @@ static int write_model(run *r, const char *path, double valid_ndcg, char *err, s
 static void fingerprint(const run *r, char *out, size_t n)
 {
     const tr_opts *o = r->o;
-    snprintf(out, n, "d%d h%d l%d f%d n%d items%d acts%d drop%g b%d lr%g wd%g clip%g warm%d k%d g%d hn%d x%d "
+    snprintf(out, n, "d%d h%d l%d f%d n%d items%d acts%d drop%g b%d lr%g wd%g clip%g warm%d crop%g k%d g%d hn%d x%d "
              "rw%g t%s kd%g T%g dec%g/%d seed%llu", o->d_model, o->n_heads, o->n_layers, o->d_ffn, o->max_hist,
              r->cfg.n_items, r->cfg.n_actions, o->dropout, o->batch, o->lr, o->weight_decay, o->clip,
-             o->warmup, o->topk, o->group_size, o->hard_neg, o->extra_groups, o->rank_weight,
+             o->warmup, o->crop, o->topk, o->group_size, o->hard_neg, o->extra_groups, o->rank_weight,
              o->teacher ? o->teacher : "-", o->kd_weight, o->temperature, o->lr_decay, o->decay_patience,
              (unsigned long long)o->seed);
 }

@@ -38,6 +38,7 @@ typedef struct tr_opts {
     int batch;            /* sequences per step */
     float lr, weight_decay, beta1, beta2, clip;
     int warmup;           /* steps */
+    float crop;           /* chance that a user's window ends at a random earlier event */
     int max_epochs, patience, eval_every, eval_users;
     float lr_decay;       /* learning rate times this after decay_patience evaluations
                              without improvement (1: constant) */

@@ -137,6 +137,7 @@ static int train_common(int argc, char **argv, int distill)
         {"clip", ARG_FLOAT, &o.clip, 0, 1e6, "global gradient-norm clip (0: off)"},
         {"beta2", ARG_FLOAT, &o.beta2, 0.5, 0.99999, "AdamW second-moment decay"},
         {"warmup", ARG_INT, &o.warmup, 0, 1e7, "warm-up steps"},
+        {"crop", ARG_FLOAT, &o.crop, 0, 1, "chance that a training window ends at a random earlier event"},
         {"epochs", ARG_INT, &o.max_epochs, 1, 1e6, "most epochs"},
         {"patience", ARG_INT, &o.patience, 1, 1e6, "evaluations without improvement before stopping"},
         {"lr-decay", ARG_FLOAT, &o.lr_decay, 0.01, 1, "learning rate factor on a plateau (1: constant)"},
