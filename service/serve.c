@@ -620,6 +620,10 @@ static void consume(serve *s)
         }
         if (n && exec_features(s) == 0)
             finish_round(s, n);
+        else /* stopping while Redis is down: the round will be consumed again */
+            for (int i = 0; i < n; i++)
+                if (s->round[i].slot)
+                    svc_slot_put(s->slots, s->round[i].slot);
         for (int i = 0; i < n; i++)
             rd_kafka_message_destroy(s->round[i].m);
         refresh_unavailable(s);
