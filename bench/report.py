@@ -34,10 +34,10 @@ if svc:
         r = svc["service_ranking"]
         print(f"ranking: {r['ranked']:,} triggering interactions (retrieve 100, top 10) in {r['seconds']:.2f} s: "
               f"{r['rankings_per_s']:,.0f} rankings/s")
-    if "service_latency" in svc:
-        r = svc["service_latency"]
-        print(f"latency at {r['offered_per_s']:,} rankings/s offered, produce to ranked list consumed: "
-              f"p50 {r['p50_us'] / 1e3:.2f} ms, p99 {r['p99_us'] / 1e3:.2f} ms, p99.9 {r['p999_us'] / 1e3:.2f} ms "
+    lat = [r for r in rankd if r["bench"] == "service_latency"]
+    for r in lat:
+        print(f"latency run {r.get('run', 0)} at {r['offered_per_s']:,} rankings/s offered, produce to ranked list "
+              f"consumed: p50 {r['p50_us'] / 1e3:.2f} ms, p99 {r['p99_us'] / 1e3:.2f} ms, p99.9 {r['p999_us'] / 1e3:.2f} ms "
               f"({r['ranked']:,} of {r['events']:,} answered); inside rankd (consume to produce): "
               f"p50 {r['inside_p50_us'] / 1e3:.2f} ms, p99 {r['inside_p99_us'] / 1e3:.2f} ms")
 
@@ -56,6 +56,8 @@ for r in rankd:
 if "service_ingest" in svc:
     v = svc["service_ingest"]["events_per_s"]
     print(f"service ingest {v:,.0f} events/s (target >= 50,000): {'met' if v >= 50000 else 'NOT met'}")
-if "service_latency" in svc:
-    v = svc["service_latency"]["p99_us"] / 1e3
-    print(f"service p99 at 1,000 rankings/s: {v:.2f} ms (target < 10 ms): {'met' if v < 10 else 'NOT met'}")
+lat = sorted(r["p99_us"] / 1e3 for r in rankd if r["bench"] == "service_latency")
+if lat:
+    v = lat[len(lat) // 2]
+    print(f"service p99 at 1,000 rankings/s, median of {len(lat)} runs: {v:.2f} ms (runs: "
+          f"{', '.join(f'{x:.2f}' for x in lat)}) (target < 10 ms): {'met' if v < 10 else 'NOT met'}")

@@ -105,12 +105,17 @@ static void kafka_log(const rd_kafka_t *rk, int level, const char *fac, const ch
     svc_log(lv, "kafka %s: %s", fac, buf);
 }
 
-static rd_kafka_conf_t *base_conf(const svc_config *cfg, char *err, size_t errsz)
+/* rankd's defaults first (a producer that hands a ranked list on at
+ * once, idempotent so that its retries add no duplicates), then the
+ * config's properties, which may override them. */
+static rd_kafka_conf_t *base_conf(const svc_config *cfg, int producer, char *err, size_t errsz)
 {
     rd_kafka_conf_t *c = rd_kafka_conf_new();
     rd_kafka_conf_set_log_cb(c, kafka_log);
     int rc = conf_set(c, "bootstrap.servers", cfg->kafka.brokers, err, errsz) ||
-             conf_set(c, "client.id", "rankd", err, errsz);
+             conf_set(c, "client.id", "rankd", err, errsz) ||
+             (producer && (conf_set(c, "enable.idempotence", "true", err, errsz) ||
+                           conf_set(c, "linger.ms", "0", err, errsz)));
     for (int i = 0; rc == 0 && i < cfg->kafka.n_props; i++)
         rc = conf_set(c, cfg->kafka.props[i].key, cfg->kafka.props[i].value, err, errsz);
     if (rc) {
@@ -166,17 +171,16 @@ static int start_kafka(serve *s, char *err, size_t errsz)
 {
     const svc_config *cfg = s->cfg;
     char num[32];
-    rd_kafka_conf_t *pc = base_conf(cfg, err, errsz);
-    if (!pc || conf_set(pc, "enable.idempotence", "true", err, errsz) ||
-        conf_set(pc, "linger.ms", "1", err, errsz))
-        return pc ? (rd_kafka_conf_destroy(pc), -1) : -1;
+    rd_kafka_conf_t *pc = base_conf(cfg, 1, err, errsz);
+    if (!pc)
+        return -1;
     rd_kafka_conf_set_dr_msg_cb(pc, on_delivery);
     rd_kafka_conf_set_error_cb(pc, on_error);
     rd_kafka_conf_set_opaque(pc, s);
     char why[512];
     if (!(s->producer = rd_kafka_new(RD_KAFKA_PRODUCER, pc, why, sizeof why)))
         return cm_errf(err, errsz, "kafka producer: %s", why);
-    rd_kafka_conf_t *cc = base_conf(cfg, err, errsz);
+    rd_kafka_conf_t *cc = base_conf(cfg, 0, err, errsz);
     snprintf(num, sizeof num, "%d", cfg->kafka.commit_interval_ms);
     if (cc) {
         rd_kafka_conf_set_error_cb(cc, on_error);
