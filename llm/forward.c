@@ -348,19 +348,19 @@ static int check_ids(const int32_t *ids, int n, int lim, int req, const char *wh
     return 0;
 }
 
-static int validate(const lm_scorer *s, const lm_request *reqs, int n, char *err, size_t errsz)
+int lm_requests_check(const lm_config *c, int max_batch, int max_cands, const lm_request *reqs, int n,
+                      char *err, size_t errsz)
 {
-    const lm_config *c = &s->m->cfg;
-    if (n < 0 || n > s->o.max_batch)
-        return cm_errf(err, errsz, "batch of %d requests, this scorer takes 0..%d", n, s->o.max_batch);
+    if (n < 0 || n > max_batch)
+        return cm_errf(err, errsz, "batch of %d requests, this scorer takes 0..%d", n, max_batch);
     for (int i = 0; i < n; i++) {
         const lm_request *r = &reqs[i];
         if (r->n_hist < 0 || r->n_hist > c->max_hist)
             return cm_errf(err, errsz, "request %d: history length %d, the model takes 0..%d", i,
                            r->n_hist, c->max_hist);
-        if (r->n_cands < 0 || r->n_cands > s->o.max_cands)
+        if (r->n_cands < 0 || r->n_cands > max_cands)
             return cm_errf(err, errsz, "request %d: %d candidates, this scorer takes 0..%d", i,
-                           r->n_cands, s->o.max_cands);
+                           r->n_cands, max_cands);
         const char *missing = r->n_hist && !r->hist_items     ? "hist_items"
                               : r->n_hist && !r->hist_actions ? "hist_actions"
                               : r->n_cands && !r->cands       ? "cands"
@@ -391,7 +391,7 @@ static int chunk_size(const lm_scorer *s, const lm_request *reqs, int n)
 
 int lm_scorer_run(lm_scorer *s, const lm_request *reqs, int n, char *err, size_t errsz)
 {
-    if (validate(s, reqs, n, err, errsz))
+    if (lm_requests_check(&s->m->cfg, s->o.max_batch, s->o.max_cands, reqs, n, err, errsz))
         return -1;
     s->reqs = reqs;
     int ch = chunk_size(s, reqs, n), nt = 0;

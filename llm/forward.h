@@ -49,6 +49,12 @@ void lm_scorer_free(lm_scorer *s);
  * Not reentrant: one call at a time per scorer. */
 int lm_scorer_run(lm_scorer *s, const lm_request *reqs, int n, char *err, size_t errsz);
 
+/* The validation lm_scorer_run does, for other engines of the same
+ * contract (gpu/engine.h): batch size, history and candidate counts, NULL
+ * arrays, item and action ids in range. */
+int lm_requests_check(const lm_config *c, int max_batch, int max_cands, const lm_request *reqs, int n,
+                      char *err, size_t errsz);
+
 const lm_model *lm_scorer_model(const lm_scorer *s);
 const lm_kern *lm_scorer_kern(const lm_scorer *s);
 lm_pool *lm_scorer_pool(lm_scorer *s); /* for lm_retriever, which shares the threads */

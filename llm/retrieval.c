@@ -231,19 +231,18 @@ static void scan_task(void *ctx, int task, int thread)
     }
 }
 
-int lm_retrieve(lm_retriever *r, lm_retrieval *reqs, int n, char *err, size_t errsz)
+int lm_retrievals_check(int max_batch, int max_k, int max_exclude, const lm_retrieval *reqs, int n,
+                        char *err, size_t errsz)
 {
-    const lm_model *m = r->m;
-    const int d = m->cfg.d_model;
-    if (n < 0 || n > r->max_batch)
-        return cm_errf(err, errsz, "retrieval batch of %d, this retriever takes 0..%d", n, r->max_batch);
+    if (n < 0 || n > max_batch)
+        return cm_errf(err, errsz, "retrieval batch of %d, this retriever takes 0..%d", n, max_batch);
     for (int b = 0; b < n; b++) {
-        if (reqs[b].k < 1 || reqs[b].k > r->max_k)
+        if (reqs[b].k < 1 || reqs[b].k > max_k)
             return cm_errf(err, errsz, "retrieval %d: k = %d, this retriever takes 1..%d", b, reqs[b].k,
-                           r->max_k);
-        if (reqs[b].n_exclude < 0 || reqs[b].n_exclude > r->max_exclude)
+                           max_k);
+        if (reqs[b].n_exclude < 0 || reqs[b].n_exclude > max_exclude)
             return cm_errf(err, errsz, "retrieval %d: %d exclusions, this retriever takes 0..%d", b,
-                           reqs[b].n_exclude, r->max_exclude);
+                           reqs[b].n_exclude, max_exclude);
         const char *missing = !reqs[b].user_vec ? "user_vec"
                               : !reqs[b].items  ? "items"
                               : !reqs[b].scores ? "scores"
@@ -251,6 +250,15 @@ int lm_retrieve(lm_retriever *r, lm_retrieval *reqs, int n, char *err, size_t er
         if (missing)
             return cm_errf(err, errsz, "retrieval %d: %s is NULL", b, missing);
     }
+    return 0;
+}
+
+int lm_retrieve(lm_retriever *r, lm_retrieval *reqs, int n, char *err, size_t errsz)
+{
+    const lm_model *m = r->m;
+    const int d = m->cfg.d_model;
+    if (lm_retrievals_check(r->max_batch, r->max_k, r->max_exclude, reqs, n, err, errsz))
+        return -1;
     for (int b = 0; b < n; b++) {
         int32_t *e = r->excl + (size_t)b * (r->max_exclude + 1);
         if (reqs[b].n_exclude > 0)

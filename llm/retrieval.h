@@ -44,6 +44,11 @@ int lm_retriever_new(lm_retriever **out, const lm_model *m, lm_pool *pool, lm_is
                      int max_batch, int max_k, int max_exclude, char *err, size_t errsz);
 void lm_retriever_free(lm_retriever *r);
 
+/* The validation lm_retrieve does (batch size, k, exclusions, NULL
+ * arrays), for other engines of the same contract (gpu/engine.h). */
+int lm_retrievals_check(int max_batch, int max_k, int max_exclude, const lm_retrieval *reqs, int n,
+                        char *err, size_t errsz);
+
 /* Fills items/scores/n_out of every request. Not reentrant, and not at the
  * same time as another user of the same pool. */
 int lm_retrieve(lm_retriever *r, lm_retrieval *reqs, int n, char *err, size_t errsz);
