@@ -4,12 +4,15 @@
 #   make test         install what is missing, build, run every Check suite,
 #                     then run them again under ASan + UBSan
 #   make bench        CPU benchmarks against the PyTorch anchor
+#   make test-gpu     the GPU engine's suite, plain and under compute-sanitizer
+#                     (on the GPU machine: docs/gpu.md)
+#   make bench-gpu    GPU benchmarks against the PyTorch GPU anchor (same)
 #   make run          run rankd on its embedded default
 #   make clean
 #
 # Optional parts are switched by variables: WITH_CUDA=0 skips the GPU code
-# even where nvcc exists; SAN=1 builds with AddressSanitizer and
-# UndefinedBehaviorSanitizer into build/asan.
+# even where nvcc exists (gpu/engine_none.c stands in); SAN=1 builds with
+# AddressSanitizer and UndefinedBehaviorSanitizer into build/asan.
 
 CC      ?= gcc
 NVCC    ?= nvcc
@@ -28,7 +31,7 @@ VERSION := 0.1.0
 CFLAGS_COMMON := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
                  -Wstrict-prototypes -Wmissing-prototypes -Wvla \
                  -ffp-contract=off -fno-math-errno -g -MMD -MP -I. \
-                 -DRANKD_VERSION='"$(VERSION)"' -DRANKD_GIT='"$(GIT_REV)"' $(BLAS_CFLAGS)
+                 -DRANKD_VERSION='"$(VERSION)"' -DRANKD_GIT='"$(GIT_REV)"' $(BLAS_CFLAGS) $(GPU_SYS_CFLAGS)
 OPT     ?= -O2
 KOPT    ?= -O3
 BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null)
@@ -66,22 +69,39 @@ $(BUILD)/llm/kern_avx2.o:   CFLAGS += $(KOPT) $(ISA_avx2)
 $(BUILD)/llm/kern_avx512.o: CFLAGS += $(KOPT) $(ISA_avx512)
 $(BUILD)/llm/kern_amx.o:    CFLAGS += $(KOPT) $(ISA_amx)
 
-# CUDA: built only where nvcc exists (gpu/ is optional in every build).
-WITH_CUDA ?= $(if $(shell command -v $(NVCC) 2>/dev/null),1,0)
-CUDA_SRCS := $(if $(filter 1,$(WITH_CUDA)),$(wildcard gpu/*.cu))
+# CUDA: built only where nvcc exists and the engine's sources are there;
+# elsewhere gpu/engine_none.c provides gpu/engine.h and rankd scores on the
+# CPU. The runtime is linked statically: a binary built with CUDA starts on
+# a machine without the CUDA libraries (or a GPU) and falls back there.
+NVCC_PATH := $(shell command -v $(NVCC) 2>/dev/null)
+WITH_CUDA ?= $(if $(NVCC_PATH),$(if $(wildcard gpu/engine.cu),1,0),0)
+CUDA_HOME ?= $(if $(NVCC_PATH),$(shell dirname $$(dirname $(NVCC_PATH))),/usr/local/cuda)
+# sm_90a (Hopper: wgmma, TMA) plus a portable sm_80 build and its PTX.
+NVCC_ARCH := -gencode=arch=compute_90a,code=sm_90a '-gencode=arch=compute_80,code=[sm_80,compute_80]'
+NVCCFLAGS ?= -O3
+ALL_NVCCFLAGS = -std=c++17 $(NVCC_ARCH) -lineinfo -I. -MMD -MP -Xcompiler -Wall,-Werror $(NVCCFLAGS)
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lpthread -lstdc++
+ifeq ($(WITH_CUDA),1)
+GPU_SRCS  := $(wildcard gpu/*.cu)
+LDLIBS    += $(CUDA_LIBS)
+else
+GPU_SRCS  := gpu/engine_none.c
+endif
+GPU_OBJS  := $(patsubst %.c,$(BUILD)/%.o,$(GPU_SRCS:%.cu=$(BUILD)/%.o))
 
-LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(CUDA_SRCS:%.cu=$(BUILD)/%.o) $(GEN_OBJS)
+LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(GPU_OBJS) $(GEN_OBJS)
 MAIN_OBJ  := $(MAIN_SRC:%.c=$(BUILD)/%.o)
 LIB       := $(BUILD)/librankd.a
 RANKD     := $(BUILD)/rankd
 
-TEST_SRCS := $(wildcard tests/check_*.c)
+# check_gpu runs only on the GPU machine (make test-gpu).
+TEST_SRCS := $(filter-out tests/check_gpu.c,$(wildcard tests/check_*.c))
 TESTS     := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null || echo -lcheck)
 
 BENCH_BINS := $(BUILD)/bench/bench_cpu $(BUILD)/bench/bench_service
 
-.PHONY: all deps test test-unit test-asan bench run clean
+.PHONY: all deps test test-unit test-asan bench test-gpu bench-gpu gpu-deps run clean FORCE
 all: $(RANKD)
 
 $(BUILD)/%.o: %.c
@@ -90,7 +110,7 @@ $(BUILD)/%.o: %.c
 
 $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) -O3 -std=c++17 -arch=sm_90a -I. -Xcompiler -Wall,-Werror -c $< -o $@
+	$(NVCC) $(ALL_NVCCFLAGS) -c $< -o $@
 
 # configs/default.yaml is compiled in: service/config.c loads it first.
 $(BUILD)/configs/default_yaml.c: configs/default.yaml scripts/embed.sh
@@ -100,9 +120,17 @@ $(BUILD)/configs/default_yaml.c: configs/default.yaml scripts/embed.sh
 $(BUILD)/configs/default_yaml.o: $(BUILD)/configs/default_yaml.c
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
-$(LIB): $(LIB_OBJS)
+# The archive is rebuilt when WITH_CUDA changes, so that it never holds the
+# other build's gpu/ objects.
+$(BUILD)/with_cuda: FORCE
+	@mkdir -p $(dir $@)
+	@echo $(WITH_CUDA) | cmp -s - $@ || echo $(WITH_CUDA) > $@
+
+FORCE:
+
+$(LIB): $(LIB_OBJS) $(BUILD)/with_cuda
 	@rm -f $@
-	ar rcs $@ $^
+	ar rcs $@ $(LIB_OBJS)
 
 $(RANKD): $(MAIN_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
@@ -136,6 +164,84 @@ test-asan:
 bench: deps $(RANKD) $(BENCH_BINS)
 	@bash scripts/install-deps.sh --bench
 	@RANKD_BIN=$(RANKD) RANKD_SERVICE_BENCH=$(BUILD)/bench/bench_service bash bench/run_cpu.sh $(BUILD)/bench/bench_cpu
+
+# ---- GPU suite and bench (the GPU machine; docs/gpu.md) -----------------------
+#
+# They link only the model core (llm/ without the training files, which
+# need OpenBLAS), the scorer and the engine, Check and jansson (both
+# static), the CUDA runtime (static), libc, libm, pthread and libstdc++: the
+# GPU machine has none of the other libraries, and no -dev packages. Where
+# check.h or jansson.h is missing, the .debs that scripts/gpu-carry.sh put in
+# .carry/debs are unpacked into .carry/sysroot and used from there; the
+# golden files come from ../shared, or .carry/shared where that is absent.
+GPU_CORE_SRCS := llm/safetensors.c llm/model.c llm/forward.c llm/kernels.c llm/pool.c llm/retrieval.c \
+                 llm/quantize.c llm/kern_scalar.c llm/kern_avx2.c llm/kern_avx512.c llm/kern_amx.c \
+                 ranker/rk_scorer.c
+GPU_CORE_OBJS  = $(GPU_CORE_SRCS:%.c=$(BUILD)/%.o) $(GPU_OBJS)
+GPU_TEST      := $(BUILD)/tests/check_gpu
+GPU_BENCH     := $(BUILD)/bench/bench_gpu
+GPU_SYSROOT   := .carry/sysroot
+GPU_SYSLIB    := $(GPU_SYSROOT)/usr/lib/x86_64-linux-gnu
+GPU_HAVE_DEV   = $(shell printf '\043include <check.h>\n\043include <jansson.h>\n' | \
+                   $(CC) -E -x c - >/dev/null 2>&1 && echo yes)
+GPU_SYS_FLAGS  = $(if $(GPU_HAVE_DEV),,-I$(GPU_SYSROOT)/usr/include)
+GPU_LIBS       = $(if $(GPU_HAVE_DEV),,-L$(GPU_SYSLIB)) -l:libjansson.a $(CUDA_LIBS) -lm
+GPU_CHECK_LIBS = -l:libcheck_pic.a -l:libsubunit.a $(GPU_LIBS)
+GPU_SHARED     = $(if $(wildcard ../shared/golden),../shared,.carry/shared)
+CSAN           = $(or $(shell command -v compute-sanitizer 2>/dev/null),$(wildcard $(CUDA_HOME)/bin/compute-sanitizer),\
+                      $(CUDA_HOME)/compute-sanitizer/compute-sanitizer)
+# The suite's test cases (Check tags) that the compute-sanitizer runs repeat.
+GPU_MEMCHECK_TAGS  ?= sanitize big
+GPU_RACECHECK_TAGS ?= sanitize
+GPU_GOLDEN      = RANKD_GOLDEN_DIR=$${RANKD_GOLDEN_DIR:-$(GPU_SHARED)/golden}
+
+# $(call gpu_sanitize,TOOL,TAGS,OPTIONS): the suite under compute-sanitizer,
+# in one process (CK_FORK=no: one CUDA context, and no doubt that the tool
+# follows every test); fails on a failed test and on any error the tool
+# reports.
+define gpu_sanitize
+	@test -x $(CSAN) || { echo "compute-sanitizer not found (PATH, $(CUDA_HOME))"; exit 1; }
+	@echo "== compute-sanitizer --tool $(1): test cases tagged '$(2)'"
+	@log=$(BUILD)/tests/check_gpu.$(1).log; \
+	{ $(GPU_GOLDEN) CK_INCLUDE_TAGS='$(2)' CK_FORK=no $(CSAN) --tool $(1) $(3) --error-exitcode 1 \
+	    $(GPU_TEST) 2>&1; echo $$? > $$log.rc; } | tee $$log; \
+	rc=$$(cat $$log.rc); \
+	if grep -q 'ERROR SUMMARY: [1-9]' $$log; then echo "compute-sanitizer --tool $(1): errors (log: $$log)"; rc=1; fi; \
+	exit $$rc
+endef
+
+$(GPU_TEST): tests/check_gpu.c $(GPU_CORE_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $(filter %.c %.o,$^) $(GPU_CHECK_LIBS)
+
+$(GPU_BENCH): bench/bench_gpu.c $(GPU_CORE_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -isystem $(CUDA_HOME)/include $(LDFLAGS) -o $@ $(filter %.c %.o,$^) $(GPU_LIBS)
+
+$(GPU_SYSROOT)/unpacked:
+	@ls .carry/debs/*.deb >/dev/null 2>&1 || { echo "check.h or jansson.h is not installed and" \
+	  ".carry/debs holds no .debs: run 'bash scripts/gpu-carry.sh' on the build machine and carry" \
+	  ".carry (docs/gpu.md)"; exit 1; }
+	@mkdir -p $(GPU_SYSROOT)
+	for f in .carry/debs/*.deb; do dpkg -x $$f $(GPU_SYSROOT) || exit 1; done
+	@touch $@
+
+# Both need the engine (nvcc and gpu/engine.cu): they test nothing else.
+gpu-deps:
+	$(if $(filter 1,$(WITH_CUDA)),,$(error the GPU suite and bench need a CUDA build (WITH_CUDA=1: nvcc and \
+	  gpu/engine.cu); here WITH_CUDA=$(WITH_CUDA), nvcc $(if $(NVCC_PATH),at $(NVCC_PATH),not found), gpu/engine.cu \
+	  $(if $(wildcard gpu/engine.cu),there,missing)))
+	$(if $(GPU_HAVE_DEV),,@$(MAKE) --no-print-directory $(GPU_SYSROOT)/unpacked)
+
+test-gpu: gpu-deps
+	@$(MAKE) --no-print-directory GPU_SYS_CFLAGS="$(GPU_SYS_FLAGS)" $(GPU_TEST)
+	$(GPU_GOLDEN) $(GPU_TEST)
+	$(call gpu_sanitize,memcheck,$(GPU_MEMCHECK_TAGS),--leak-check full)
+	$(call gpu_sanitize,racecheck,$(GPU_RACECHECK_TAGS),)
+
+bench-gpu: gpu-deps
+	@$(MAKE) --no-print-directory GPU_SYS_CFLAGS="$(GPU_SYS_FLAGS)" $(GPU_BENCH)
+	@RANKD_SHARED=$(GPU_SHARED) bash bench/run_gpu.sh $(GPU_BENCH)
 
 # The service on its embedded default: a model trained here, redis-server,
 # the Kafka dev broker, a stream of events, ranked lists printed as they

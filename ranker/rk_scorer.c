@@ -1,10 +1,17 @@
-/* ranker/rk_scorer.c — the scorer interface on the CPU model core.
+/* ranker/rk_scorer.c — the scorer interface on a model backend: the CPU
+ * model core (llm/forward.h, llm/retrieval.h) or the GPU engine
+ * (gpu/engine.h), which keep the same contracts.
  *
- * A batch runs in up to three passes over the model core:
- *   1. lm_scorer_run: every request's user vector, and the head scores of
- *      requests that bring their own candidates;
- *   2. lm_retrieve: the top retrieve_n of the catalog for the others;
- *   3. lm_scorer_run again: the head scores of those retrieved items.
+ * model.device picks the backend: "cpu" the CPU; "cuda" the GPU, or an
+ * error saying why not; "auto" the GPU where a usable one is found and the
+ * engine starts on it, else the CPU, with the reason kept for the caller to
+ * log (rk_scorer_fallback_reason).
+ *
+ * A batch runs in up to three passes over the backend:
+ *   1. score: every request's user vector, and the head scores of requests
+ *      that bring their own candidates;
+ *   2. retrieve: the top retrieve_n of the catalog for the others;
+ *   3. score again: the head scores of those retrieved items.
  * The ranking logit is the head score plus the retrieval logit; the top k
  * by it, ties to the earlier candidate, is the answer. */
 #include "ranker/rk_scorer.h"
@@ -14,14 +21,23 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "gpu/engine.h"
 #include "llm/forward.h"
 #include "llm/retrieval.h"
+
+/* The two calls a batch makes, on one device. */
+typedef struct rk_backend {
+    int (*score)(rk_scorer *s, const lm_request *reqs, int n, char *err, size_t errsz);
+    int (*retrieve)(rk_scorer *s, lm_retrieval *reqs, int n, char *err, size_t errsz);
+} rk_backend;
 
 struct rk_scorer {
     const lm_model *m;
     rk_scorer_opts o;
-    lm_scorer *sc;
+    const rk_backend *be;
+    lm_scorer *sc;         /* CPU backend */
     lm_retriever *rt;
+    gp_engine *gpu;        /* GPU backend */
     lm_request *lreq;      /* [max_batch] */
     lm_retrieval *lret;    /* [max_batch] */
     int *slot;             /* [max_batch]: request of each retrieval */
@@ -33,13 +49,38 @@ struct rk_scorer {
     int32_t *top_items;    /* [max_k] */
     float *top_scores;
     int width;             /* max(max_cands, retrieve_n) */
-    char device[96];
+    char device[128];
+    char fallback[CM_ERRSZ]; /* model.device auto on the CPU: why not the GPU */
 };
+
+static int cpu_score(rk_scorer *s, const lm_request *reqs, int n, char *err, size_t errsz)
+{
+    return lm_scorer_run(s->sc, reqs, n, err, errsz);
+}
+
+static int cpu_retrieve(rk_scorer *s, lm_retrieval *reqs, int n, char *err, size_t errsz)
+{
+    return lm_retrieve(s->rt, reqs, n, err, errsz);
+}
+
+static int gpu_score(rk_scorer *s, const lm_request *reqs, int n, char *err, size_t errsz)
+{
+    return gp_engine_score(s->gpu, reqs, n, err, errsz);
+}
+
+static int gpu_retrieve(rk_scorer *s, lm_retrieval *reqs, int n, char *err, size_t errsz)
+{
+    return gp_engine_retrieve(s->gpu, reqs, n, err, errsz);
+}
+
+static const rk_backend cpu_backend = {cpu_score, cpu_retrieve};
+static const rk_backend gpu_backend = {gpu_score, gpu_retrieve};
 
 void rk_scorer_free(rk_scorer *s)
 {
     if (!s)
         return;
+    gp_engine_free(s->gpu);
     lm_retriever_free(s->rt);
     lm_scorer_free(s->sc);
     free(s->lreq);
@@ -55,27 +96,24 @@ void rk_scorer_free(rk_scorer *s)
     free(s);
 }
 
-int rk_scorer_new(rk_scorer **out, const lm_model *m, const rk_scorer_opts *o, char *err,
-                  size_t errsz)
+enum { DEV_AUTO, DEV_CUDA, DEV_CPU };
+
+static int parse_device(const char *dev, char *err, size_t errsz)
 {
-    *out = NULL;
-    if (o->max_batch < 1 || o->max_k < 1 || o->retrieve_n < o->max_k || o->max_cands < 0 ||
-        o->max_exclude < 0)
-        return cm_errf(err, errsz, "scorer: max_batch %d, max_k %d, retrieve_n %d, max_cands %d, "
-                       "max_exclude %d out of range (retrieve_n >= max_k >= 1)", o->max_batch, o->max_k,
-                       o->retrieve_n, o->max_cands, o->max_exclude);
-    const char *dev = o->device ? o->device : "auto";
+    if (!dev || strcmp(dev, "auto") == 0)
+        return DEV_AUTO;
     if (strcmp(dev, "cuda") == 0)
-        return cm_errf(err, errsz, "model.device cuda: this build has no GPU engine; use auto or cpu");
-    if (strcmp(dev, "auto") != 0 && strcmp(dev, "cpu") != 0)
-        return cm_errf(err, errsz, "model.device \"%s\": expected auto, cuda or cpu", dev);
-    rk_scorer *s = calloc(1, sizeof *s);
-    if (!s)
-        return cm_errf(err, errsz, "scorer: out of memory");
-    s->m = m;
-    s->o = *o;
-    s->width = o->max_cands > o->retrieve_n ? o->max_cands : o->retrieve_n;
-    size_t B = (size_t)o->max_batch, d = (size_t)m->cfg.d_model, N = (size_t)o->retrieve_n;
+        return DEV_CUDA;
+    if (strcmp(dev, "cpu") == 0)
+        return DEV_CPU;
+    return cm_errf(err, errsz, "model.device \"%s\": expected auto, cuda or cpu", dev);
+}
+
+/* The buffers every batch reuses, sized from the options. */
+static int alloc_buffers(rk_scorer *s, char *err, size_t errsz)
+{
+    const rk_scorer_opts *o = &s->o;
+    size_t B = (size_t)o->max_batch, d = (size_t)s->m->cfg.d_model, N = (size_t)o->retrieve_n;
     s->lreq = calloc(B, sizeof *s->lreq);
     s->lret = calloc(B, sizeof *s->lret);
     s->slot = calloc(B, sizeof *s->slot);
@@ -86,26 +124,86 @@ int rk_scorer_new(rk_scorer **out, const lm_model *m, const rk_scorer_opts *o, c
     s->row = malloc(sizeof(float) * d);
     s->top_items = malloc(sizeof(int32_t) * (size_t)o->max_k);
     s->top_scores = malloc(sizeof(float) * (size_t)o->max_k);
-    lm_scorer_opts so = {.max_batch = o->max_batch, .max_cands = s->width, .threads = o->threads,
-                         .isa = LM_ISA_COUNT};
     if (!s->lreq || !s->lret || !s->slot || !s->uv || !s->scores || !s->ret_items || !s->ret_scores ||
-        !s->row || !s->top_items || !s->top_scores) {
-        rk_scorer_free(s);
+        !s->row || !s->top_items || !s->top_scores)
         return cm_errf(err, errsz, "scorer: out of memory");
+    return 0;
+}
+
+/* The GPU engine on device 0, or -1 with why not. */
+static int open_gpu(rk_scorer *s, char *why, size_t whysz)
+{
+    if (!gp_probe(0, why, whysz))
+        return -1;
+    gp_opts go = {.max_batch = s->o.max_batch, .max_cands = s->width, .max_k = s->o.retrieve_n,
+                  .max_exclude = s->o.max_exclude, .device = 0};
+    if (gp_engine_new(&s->gpu, s->m, &go, why, whysz))
+        return -1;
+    s->be = &gpu_backend;
+    snprintf(s->device, sizeof s->device, "%s", gp_engine_device(s->gpu));
+    return 0;
+}
+
+static int open_cpu(rk_scorer *s, char *err, size_t errsz)
+{
+    lm_scorer_opts so = {.max_batch = s->o.max_batch, .max_cands = s->width, .threads = s->o.threads,
+                         .isa = LM_ISA_COUNT};
+    if (lm_scorer_new(&s->sc, s->m, &so, err, errsz) ||
+        lm_retriever_new(&s->rt, s->m, lm_scorer_pool(s->sc), LM_ISA_COUNT, s->o.max_batch, s->o.retrieve_n,
+                         s->o.max_exclude, err, errsz))
+        return -1;
+    s->be = &cpu_backend;
+    snprintf(s->device, sizeof s->device, "cpu (%s kernels, %s, %d threads)", lm_scorer_kern(s->sc)->name,
+             s->m->quant == LM_QUANT_INT8 ? "int8" : "fp32", lm_pool_threads(lm_scorer_pool(s->sc)));
+    return 0;
+}
+
+/* Opens the backend model.device asks for; auto falls back to the CPU and
+ * keeps the reason. */
+static int open_backend(rk_scorer *s, int dev, char *err, size_t errsz)
+{
+    if (dev != DEV_CPU) {
+        char why[CM_ERRSZ] = "";
+        if (open_gpu(s, why, sizeof why) == 0)
+            return 0;
+        if (dev == DEV_CUDA)
+            return cm_errf(err, errsz, "model.device cuda: %s", why);
+        snprintf(s->fallback, sizeof s->fallback, "%s", why);
     }
-    if (lm_scorer_new(&s->sc, m, &so, err, errsz) ||
-        lm_retriever_new(&s->rt, m, lm_scorer_pool(s->sc), LM_ISA_COUNT, o->max_batch, o->retrieve_n,
-                         o->max_exclude, err, errsz)) {
+    return open_cpu(s, err, errsz);
+}
+
+int rk_scorer_new(rk_scorer **out, const lm_model *m, const rk_scorer_opts *o, char *err,
+                  size_t errsz)
+{
+    *out = NULL;
+    if (o->max_batch < 1 || o->max_k < 1 || o->retrieve_n < o->max_k || o->max_cands < 0 ||
+        o->max_exclude < 0)
+        return cm_errf(err, errsz, "scorer: max_batch %d, max_k %d, retrieve_n %d, max_cands %d, "
+                       "max_exclude %d out of range (retrieve_n >= max_k >= 1)", o->max_batch, o->max_k,
+                       o->retrieve_n, o->max_cands, o->max_exclude);
+    int dev = parse_device(o->device, err, errsz);
+    if (dev < 0)
+        return -1;
+    rk_scorer *s = calloc(1, sizeof *s);
+    if (!s)
+        return cm_errf(err, errsz, "scorer: out of memory");
+    s->m = m;
+    s->o = *o;
+    s->width = o->max_cands > o->retrieve_n ? o->max_cands : o->retrieve_n;
+    if (alloc_buffers(s, err, errsz) || open_backend(s, dev, err, errsz)) {
         rk_scorer_free(s);
         return -1;
     }
-    snprintf(s->device, sizeof s->device, "cpu (%s kernels, %s, %d threads)", lm_scorer_kern(s->sc)->name,
-             m->quant == LM_QUANT_INT8 ? "int8" : "fp32", lm_pool_threads(lm_scorer_pool(s->sc)));
     *out = s;
     return 0;
 }
 
 const char *rk_scorer_device(const rk_scorer *s) { return s->device; }
+
+int rk_scorer_gpu(const rk_scorer *s) { return s->gpu != NULL; }
+
+const char *rk_scorer_fallback_reason(const rk_scorer *s) { return s->fallback[0] ? s->fallback : NULL; }
 
 static float dot(const float *a, const float *b, int n)
 {
@@ -161,7 +259,7 @@ int rk_scorer_rank(rk_scorer *s, rk_request *reqs, int n, char *err, size_t errs
                                   .n_hist = r->n_hist, .cands = r->cands, .n_cands = r->cands ? r->n_cands : 0,
                                   .scores = s->scores + (size_t)i * s->width, .user_vec = s->uv + (size_t)i * d};
     }
-    if (lm_scorer_run(s->sc, s->lreq, n, err, errsz))
+    if (s->be->score(s, s->lreq, n, err, errsz))
         return -1;
     for (int i = 0; i < n; i++) {
         rk_request *r = &reqs[i];
@@ -182,7 +280,7 @@ int rk_scorer_rank(rk_scorer *s, rk_request *reqs, int n, char *err, size_t errs
     }
     if (nr == 0)
         return 0;
-    if (lm_retrieve(s->rt, s->lret, nr, err, errsz))
+    if (s->be->retrieve(s, s->lret, nr, err, errsz))
         return -1;
     for (int k = 0; k < nr; k++) {
         const rk_request *r = &reqs[s->slot[k]];
@@ -190,7 +288,7 @@ int rk_scorer_rank(rk_scorer *s, rk_request *reqs, int n, char *err, size_t errs
                                   .n_hist = r->n_hist, .cands = s->lret[k].items, .n_cands = s->lret[k].n_out,
                                   .scores = s->scores + (size_t)s->slot[k] * s->width};
     }
-    if (lm_scorer_run(s->sc, s->lreq, nr, err, errsz))
+    if (s->be->score(s, s->lreq, nr, err, errsz))
         return -1;
     for (int k = 0; k < nr; k++) {
         rk_request *r = &reqs[s->slot[k]];

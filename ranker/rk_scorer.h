@@ -1,8 +1,7 @@
 /* ranker/rk_scorer.h — the scorer interface the service and batch jobs use:
- * one call ranks a batch of requests, whatever device runs the model.
- * The CPU implementation wraps the model core (llm/forward.h,
- * llm/retrieval.h); the GPU engine (gpu/) will plug in behind the same
- * functions.
+ * one call ranks a batch of requests, whatever device runs the model:
+ * the CPU model core (llm/forward.h, llm/retrieval.h) or the GPU engine
+ * (gpu/engine.h), picked by rk_scorer_opts.device.
  *
  * A request names its user's history and either its own candidates (a
  * ranking event) or none (a triggering interaction: the retrieval head
@@ -34,7 +33,9 @@ typedef struct rk_request {
 typedef struct rk_scorer_opts {
     int max_batch, max_cands, max_k, max_exclude, retrieve_n;
     int threads;                 /* CPU threads, 0: all cores */
-    const char *device;          /* "auto", "cuda", "cpu" */
+    /* "cpu"; "cuda": the GPU engine, or rk_scorer_new fails saying why;
+     * "auto" (or NULL): the GPU engine where it starts, else the CPU. */
+    const char *device;
 } rk_scorer_opts;
 
 typedef struct rk_scorer rk_scorer;
@@ -43,7 +44,11 @@ typedef struct rk_scorer rk_scorer;
 int rk_scorer_new(rk_scorer **out, const lm_model *m, const rk_scorer_opts *o, char *err,
                   size_t errsz);
 void rk_scorer_free(rk_scorer *s);
-const char *rk_scorer_device(const rk_scorer *s); /* "cpu (avx512, 2 threads)", ... */
+const char *rk_scorer_device(const rk_scorer *s); /* "cpu (avx512 kernels, int8, 2 threads)", ... */
+int rk_scorer_gpu(const rk_scorer *s);            /* 1: scoring on the GPU */
+/* With device "auto" on the CPU: why the GPU engine was not used (one line,
+ * for the caller to log); NULL otherwise. Valid as long as the scorer. */
+const char *rk_scorer_fallback_reason(const rk_scorer *s);
 
 /* Ranks n requests. -1 with err when a request is invalid (nothing written). */
 int rk_scorer_rank(rk_scorer *s, rk_request *reqs, int n, char *err, size_t errsz);

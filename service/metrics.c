@@ -112,6 +112,10 @@ int svc_metrics_render(const svc_metrics *m, char **out, size_t *len)
     counter(&b, "rankd_model_reloads_total", "Models loaded after start.", atomic_load(&m->model_reloads));
     counter(&b, "rankd_model_reload_errors_total", "Model artifacts refused on reload.",
             atomic_load(&m->model_reload_errors));
+    gauge(&b, "rankd_scorer_gpu", "1 when the scorer runs on the GPU, 0 on the CPU.",
+          atomic_load(&m->scorer_gpu));
+    counter(&b, "rankd_scorer_cpu_fallbacks_total", "Scorers started on the CPU because model.device auto "
+            "found no usable GPU (the reason is logged).", atomic_load(&m->scorer_fallbacks));
     gauge(&b, "rankd_consumer_lag", "Messages behind the high watermark, over assigned partitions.",
           (long long)atomic_load(&m->consumer_lag));
     gauge(&b, "rankd_events_in_flight", "Events consumed and not yet committable.",

@@ -32,6 +32,8 @@ typedef struct svc_metrics {
     _Atomic int64_t in_flight;           /* events consumed, not yet committed */
     _Atomic int ready_model, ready_kafka, ready_redis;
     _Atomic uint64_t model_reloads, model_reload_errors;
+    _Atomic int scorer_gpu;              /* 1: the scorer runs on the GPU */
+    _Atomic uint64_t scorer_fallbacks;   /* model.device auto that ended on the CPU */
     svc_histogram e2e;                   /* event consumed -> ranking acknowledged */
     svc_histogram rank_latency;          /* request queued -> ranked (batcher + scorer) */
     _Atomic uint64_t batch_size[SVC_BATCH_BUCKETS]; /* from the batcher's stats */

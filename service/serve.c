@@ -758,10 +758,14 @@ static int start(serve *s, char *err, size_t errsz)
     rk_scorer_opts so = {.max_batch = c->batching.max_batch, .max_cands = c->ranking.max_candidates,
                          .max_k = c->ranking.k, .max_exclude = MAX_EXCLUDE, .retrieve_n = c->ranking.retrieve_n,
                          .threads = c->model.threads, .device = c->model.device};
-    if (strcmp(c->model.device, "auto") == 0)
-        svc_info("model.device auto: no GPU engine in this build; scoring on the CPU");
     if (rk_scorer_new(&s->scorer, s->model.m, &so, err, errsz))
         return -1;
+    const char *why = rk_scorer_fallback_reason(s->scorer);
+    if (why) {
+        svc_warn("model.device auto: scoring on the CPU: %s", why);
+        atomic_fetch_add(&s->metrics.scorer_fallbacks, 1);
+    }
+    atomic_store(&s->metrics.scorer_gpu, rk_scorer_gpu(s->scorer));
     svc_info("scorer: %s", rk_scorer_device(s->scorer));
     rk_batcher_opts bo = {.max_batch = c->batching.max_batch, .max_wait_us = c->batching.max_wait_us,
                           .latency_target_us = c->batching.latency_target_us};

@@ -1,0 +1,365 @@
+/* gpu/engine.cu — the engine's host side: the model's weights copied to
+ * the device in the layouts the kernels read (gpu/internal.cuh), pinned
+ * staging buffers, and the two calls of gpu/engine.h. A call packs its
+ * requests into one pinned buffer, copies it over in one transfer, runs the
+ * kernels on the engine's stream and copies the answers back in one. */
+#include "gpu/engine.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "gpu/internal.cuh"
+
+#define MAX_ALLOCS 512
+
+struct gp_engine {
+    const lm_model *m;
+    gp_opts o;
+    gp_weights w;      /* device pointers, host copy */
+    gp_weights *d_w;   /* the same on the device, for the kernels */
+    void *allocs[MAX_ALLOCS];
+    int n_allocs;
+    cudaStream_t st;
+    gp_score *sc;
+    gp_retr *rt;
+    int max_tiles;
+    size_t in_bytes, out_bytes;
+    uint8_t *h_in, *h_out; /* pinned */
+    uint8_t *d_in, *d_out;
+    char device[256];
+};
+
+int gp_cuda_err(cudaError_t rc, const char *what, char *err, size_t errsz)
+{
+    if (rc == cudaSuccess)
+        return 0;
+    cudaGetLastError(); /* clear a non-sticky error */
+    return cm_errf(err, errsz, "gpu: %s: %s", what, cudaGetErrorString(rc));
+}
+
+int gp_probe(int device, char *info, size_t infosz)
+{
+    int n = 0;
+    cudaError_t rc = cudaGetDeviceCount(&n);
+    if (rc != cudaSuccess) {
+        snprintf(info, infosz, "no usable GPU: %s", cudaGetErrorString(rc));
+        cudaGetLastError();
+        return 0;
+    }
+    if (device < 0 || device >= n) {
+        snprintf(info, infosz, "no GPU %d (%d found)", device, n);
+        return 0;
+    }
+    cudaDeviceProp p;
+    if ((rc = cudaGetDeviceProperties(&p, device)) != cudaSuccess) {
+        snprintf(info, infosz, "GPU %d: %s", device, cudaGetErrorString(rc));
+        return 0;
+    }
+    if (p.major < 8) {
+        snprintf(info, infosz, "%s is sm_%d%d; the engine needs sm_80 or newer", p.name, p.major, p.minor);
+        return 0;
+    }
+    snprintf(info, infosz, "%s (sm_%d%d, %d SMs)", p.name, p.major, p.minor, p.multiProcessorCount);
+    return 1;
+}
+
+/* ---- weights --------------------------------------------------------------------------------- */
+
+static int upload(gp_engine *e, void **dst, const void *src, size_t bytes, char *err, size_t errsz)
+{
+    *dst = NULL;
+    if (e->n_allocs == MAX_ALLOCS)
+        return cm_errf(err, errsz, "gpu: too many weight tensors");
+    cudaError_t rc = cudaMalloc(dst, bytes ? bytes : 16);
+    if (rc == cudaSuccess)
+        e->allocs[e->n_allocs++] = *dst;
+    if (rc == cudaSuccess && src)
+        rc = cudaMemcpy(*dst, src, bytes, cudaMemcpyHostToDevice);
+    return gp_cuda_err(rc, "copying the model to the GPU", err, errsz);
+}
+
+static int upload_f32(gp_engine *e, const float **dst, const float *src, size_t n, char *err, size_t errsz)
+{
+    return upload(e, (void **)dst, src, sizeof(float) * n, err, errsz);
+}
+
+/* A vector of n floats zero-padded to np (NULL src: zeros). */
+static int upload_padded(gp_engine *e, const float **dst, const float *src, int n, int np, char *err,
+                         size_t errsz)
+{
+    float *h = (float *)calloc((size_t)np, sizeof(float));
+    if (!h)
+        return cm_errf(err, errsz, "gpu: out of memory");
+    if (src)
+        memcpy(h, src, sizeof(float) * n);
+    int rc = upload_f32(e, dst, h, (size_t)np, err, errsz);
+    free(h);
+    return rc;
+}
+
+/* W [n, k] from the CPU's packed panels to np x kp row-major, zero padded:
+ * int8 with scales, or fp16 for fp32 models. */
+static int upload_lin(gp_engine *e, gp_lin *g, const lm_linear *lin, int np, int kp, char *err, size_t errsz)
+{
+    const int int8 = e->m->quant == LM_QUANT_INT8;
+    const int n = int8 ? lin->q.n : lin->f.n, k = int8 ? lin->q.k : lin->f.k;
+    *g = (gp_lin){.n = n, .k = k, .np = np, .kp = kp};
+    size_t cells = (size_t)np * kp;
+    void *h = calloc(cells, int8 ? 1 : sizeof(__half));
+    if (!h)
+        return cm_errf(err, errsz, "gpu: out of memory");
+    for (int j = 0; j < n; j++)
+        for (int kk = 0; kk < k; kk++) {
+            if (int8)
+                ((int8_t *)h)[(size_t)j * kp + kk] = lm_pq8_get(&lin->q, j, kk);
+            else
+                ((__half *)h)[(size_t)j * kp + kk] = __float2half_rn(
+                    lin->f.data[((size_t)(j / LM_PANEL) * k + kk) * LM_PANEL + j % LM_PANEL]);
+        }
+    int rc = upload(e, int8 ? (void **)&g->q : (void **)&g->h, h, cells * (int8 ? 1 : sizeof(__half)), err, errsz) ||
+             (int8 && upload_padded(e, &g->scale, lin->q.scale, n, np, err, errsz)) ||
+             upload_padded(e, &g->bias, lin->bias, n, np, err, errsz);
+    free(h);
+    return rc;
+}
+
+static int upload_items(gp_engine *e, char *err, size_t errsz)
+{
+    const lm_model *m = e->m;
+    const int n = m->cfg.n_items, d = m->cfg.d_model, dp = e->w.dp;
+    if (m->quant != LM_QUANT_INT8)
+        return upload_f32(e, &e->w.item_f, m->item_rows, (size_t)n * d, err, errsz);
+    int8_t *h = (int8_t *)calloc((size_t)n * dp, 1);
+    if (!h)
+        return cm_errf(err, errsz, "gpu: out of memory");
+    for (int i = 0; i < n; i++)
+        memcpy(h + (size_t)i * dp, m->item_rows_q + (size_t)i * d, (size_t)d);
+    int rc = upload(e, (void **)&e->w.item_q, h, (size_t)n * dp, err, errsz) ||
+             upload_f32(e, &e->w.item_scale, m->item.q.scale, (size_t)n, err, errsz);
+    free(h);
+    return rc;
+}
+
+static int upload_model(gp_engine *e, char *err, size_t errsz)
+{
+    const lm_model *m = e->m;
+    const lm_config *c = &m->cfg;
+    const int d = c->d_model, dp = gp_round_up(d, 32), fp = gp_round_up(c->d_ffn, GP_FCHUNK);
+    gp_weights *w = &e->w;
+    w->cfg = *c;
+    w->int8 = m->quant == LM_QUANT_INT8;
+    w->dp = dp;
+    w->head_b = m->head_b;
+    if (upload_items(e, err, errsz) ||
+        upload_f32(e, &w->action_emb, m->action_emb, (size_t)c->n_actions * d, err, errsz) ||
+        upload_f32(e, &w->pos_emb, m->pos_emb, (size_t)(c->max_hist + 1) * d, err, errsz) ||
+        upload_f32(e, &w->lnf_w, m->lnf_w, d, err, errsz) || upload_f32(e, &w->lnf_b, m->lnf_b, d, err, errsz) ||
+        upload_f32(e, &w->head_w, m->head_w, d, err, errsz))
+        return -1;
+    for (int l = 0; l < c->n_layers; l++) {
+        const lm_layer *s = &m->layers[l];
+        gp_layer *g = &w->layers[l];
+        if (upload_f32(e, &g->ln1_w, s->ln1_w, d, err, errsz) || upload_f32(e, &g->ln1_b, s->ln1_b, d, err, errsz) ||
+            upload_f32(e, &g->ln2_w, s->ln2_w, d, err, errsz) || upload_f32(e, &g->ln2_b, s->ln2_b, d, err, errsz) ||
+            upload_lin(e, &g->qkv, &s->qkv, gp_round_up(3 * d, 32), dp, err, errsz) ||
+            upload_lin(e, &g->out, &s->out, dp, dp, err, errsz) ||
+            upload_lin(e, &g->up, &s->up, fp, dp, err, errsz) ||
+            upload_lin(e, &g->down, &s->down, dp, fp, err, errsz))
+            return -1;
+    }
+    return upload(e, (void **)&e->d_w, w, sizeof *w, err, errsz);
+}
+
+/* ---- engine ----------------------------------------------------------------------------------- */
+
+void gp_engine_free(gp_engine *e)
+{
+    if (!e)
+        return;
+    if (e->st)
+        cudaStreamSynchronize(e->st);
+    gp_retr_free(e->rt);
+    gp_score_free(e->sc);
+    for (int i = 0; i < e->n_allocs; i++)
+        cudaFree(e->allocs[i]);
+    cudaFreeHost(e->h_in);
+    cudaFreeHost(e->h_out);
+    cudaFree(e->d_in);
+    cudaFree(e->d_out);
+    if (e->st)
+        cudaStreamDestroy(e->st);
+    free(e);
+}
+
+/* Staging sizes: the larger of what a score call and a retrieve call move. */
+static void staging_sizes(gp_engine *e)
+{
+    const lm_config *c = &e->m->cfg;
+    const size_t B = (size_t)e->o.max_batch, d = (size_t)c->d_model;
+    e->max_tiles = e->o.max_batch * ((e->o.max_cands + GP_TILE - 1) / GP_TILE);
+    size_t score_in = sizeof(int32_t) * (B + 2 * B * c->max_hist + B * e->o.max_cands) +
+                      sizeof(int4) * (size_t)e->max_tiles + 64;
+    size_t retr_in = sizeof(float) * B * d + sizeof(int32_t) * (B + 1 + B * e->o.max_exclude) + 64;
+    size_t score_out = sizeof(float) * (B * d + B * e->o.max_cands) + 64;
+    size_t retr_out = (sizeof(int32_t) + sizeof(float)) * B * e->o.max_k + sizeof(int32_t) * B + 64;
+    e->in_bytes = score_in > retr_in ? score_in : retr_in;
+    e->out_bytes = score_out > retr_out ? score_out : retr_out;
+}
+
+int gp_engine_new(gp_engine **out, const lm_model *m, const gp_opts *o, char *err, size_t errsz)
+{
+    *out = NULL;
+    char info[160];
+    if (!gp_probe(o->device, info, sizeof info))
+        return cm_errf(err, errsz, "gpu: %s", info);
+    if (o->max_batch < 1 || o->max_cands < 0 || o->max_k < 1 || o->max_exclude < 0)
+        return cm_errf(err, errsz, "gpu: max_batch %d, max_cands %d, max_k %d, max_exclude %d out of range",
+                       o->max_batch, o->max_cands, o->max_k, o->max_exclude);
+    gp_engine *e = (gp_engine *)calloc(1, sizeof *e);
+    if (!e)
+        return cm_errf(err, errsz, "gpu: out of memory");
+    e->m = m;
+    e->o = *o;
+    staging_sizes(e);
+    GP_TRY(cudaSetDevice(o->device), "selecting the GPU");
+    GP_TRY(cudaStreamCreateWithFlags(&e->st, cudaStreamNonBlocking), "creating a stream");
+    if (upload_model(e, err, errsz) || gp_score_new(&e->sc, &e->w, e->d_w, o->max_batch, err, errsz) ||
+        gp_retr_new(&e->rt, &e->w, o->max_batch, o->max_k, o->max_exclude, err, errsz))
+        goto fail;
+    GP_TRY(cudaMallocHost((void **)&e->h_in, e->in_bytes), "pinned input buffer");
+    GP_TRY(cudaMallocHost((void **)&e->h_out, e->out_bytes), "pinned output buffer");
+    GP_TRY(cudaMalloc((void **)&e->d_in, e->in_bytes), "device input buffer");
+    GP_TRY(cudaMalloc((void **)&e->d_out, e->out_bytes), "device output buffer");
+    snprintf(e->device, sizeof e->device, "%s, %s", info,
+             m->quant == LM_QUANT_INT8 ? "int8 tensor cores" : "fp16 tensor cores, fp32 sums");
+    *out = e;
+    return 0;
+fail:
+    gp_engine_free(e);
+    return -1;
+}
+
+const char *gp_engine_device(const gp_engine *e) { return e->device; }
+
+/* Bump allocation inside a staging buffer: the same offsets on host and
+ * device. */
+typedef struct stage {
+    uint8_t *h, *d;
+    size_t off;
+} stage;
+
+static void *stage_take(stage *s, size_t bytes, void **dev)
+{
+    s->off = (s->off + 15) & ~(size_t)15;
+    void *p = s->h + s->off;
+    *dev = s->d + s->off;
+    s->off += bytes;
+    return p;
+}
+
+static int finish(gp_engine *e, const char *what, char *err, size_t errsz)
+{
+    return gp_cuda_err(cudaStreamSynchronize(e->st), what, err, errsz);
+}
+
+int gp_engine_score(gp_engine *e, const lm_request *reqs, int n, char *err, size_t errsz)
+{
+    const lm_config *c = &e->m->cfg;
+    if (lm_requests_check(c, e->o.max_batch, e->o.max_cands, reqs, n, err, errsz))
+        return -1;
+    if (n == 0)
+        return 0;
+    const int mh = c->max_hist, d = c->d_model;
+    int total = 0, tiles = 0;
+    for (int i = 0; i < n; i++) {
+        total += reqs[i].n_cands;
+        tiles += (reqs[i].n_cands + GP_TILE - 1) / GP_TILE;
+    }
+    stage in = {e->h_in, e->d_in, 0}, out = {e->h_out, e->d_out, 0};
+    gp_batch b = {.B = n, .n_tiles = tiles};
+    int32_t *nh = (int32_t *)stage_take(&in, sizeof(int32_t) * n, (void **)&b.n_hist);
+    int32_t *hi = (int32_t *)stage_take(&in, sizeof(int32_t) * n * mh, (void **)&b.hist_items);
+    int32_t *ha = (int32_t *)stage_take(&in, sizeof(int32_t) * n * mh, (void **)&b.hist_actions);
+    int4 *tl = (int4 *)stage_take(&in, sizeof(int4) * tiles, (void **)&b.tiles);
+    int32_t *cd = (int32_t *)stage_take(&in, sizeof(int32_t) * total, (void **)&b.cands);
+    float *uv = (float *)stage_take(&out, sizeof(float) * n * d, (void **)&b.user_vec);
+    float *sc = (float *)stage_take(&out, sizeof(float) * total, (void **)&b.scores);
+    int at = 0, t = 0;
+    for (int i = 0; i < n; i++) {
+        const lm_request *r = &reqs[i];
+        nh[i] = r->n_hist;
+        if (r->n_hist) {
+            memcpy(hi + (size_t)i * mh, r->hist_items, sizeof(int32_t) * r->n_hist);
+            memcpy(ha + (size_t)i * mh, r->hist_actions, sizeof(int32_t) * r->n_hist);
+        }
+        if (r->n_cands)
+            memcpy(cd + at, r->cands, sizeof(int32_t) * r->n_cands);
+        for (int j = 0; j < r->n_cands; j += GP_TILE)
+            tl[t++] = make_int4(i, at + j, r->n_cands - j < GP_TILE ? r->n_cands - j : GP_TILE, 0);
+        at += r->n_cands;
+    }
+    if (gp_cuda_err(cudaMemcpyAsync(e->d_in, e->h_in, in.off, cudaMemcpyHostToDevice, e->st), "copying requests",
+                    err, errsz) ||
+        gp_score_run(e->sc, e->st, &b, err, errsz) ||
+        gp_cuda_err(cudaMemcpyAsync(e->h_out, e->d_out, out.off, cudaMemcpyDeviceToHost, e->st), "copying scores",
+                    err, errsz) ||
+        finish(e, "scoring", err, errsz))
+        return -1;
+    at = 0;
+    for (int i = 0; i < n; i++) {
+        const lm_request *r = &reqs[i];
+        if (r->n_cands)
+            memcpy(r->scores, sc + at, sizeof(float) * r->n_cands);
+        if (r->user_vec)
+            memcpy(r->user_vec, uv + (size_t)i * d, sizeof(float) * d);
+        at += r->n_cands;
+    }
+    return 0;
+}
+
+int gp_engine_retrieve(gp_engine *e, lm_retrieval *reqs, int n, char *err, size_t errsz)
+{
+    if (lm_retrievals_check(e->o.max_batch, e->o.max_k, e->o.max_exclude, reqs, n, err, errsz))
+        return -1;
+    if (n == 0)
+        return 0;
+    const int d = e->m->cfg.d_model;
+    int k = 0, n_ex = 0;
+    for (int i = 0; i < n; i++) {
+        k = reqs[i].k > k ? reqs[i].k : k;
+        n_ex += reqs[i].n_exclude;
+    }
+    stage in = {e->h_in, e->d_in, 0}, out = {e->h_out, e->d_out, 0};
+    float *d_uv;
+    int32_t *d_off, *d_ex, *d_items, *d_nout;
+    float *d_scores;
+    float *uv = (float *)stage_take(&in, sizeof(float) * n * d, (void **)&d_uv);
+    int32_t *off = (int32_t *)stage_take(&in, sizeof(int32_t) * (n + 1), (void **)&d_off);
+    int32_t *ex = (int32_t *)stage_take(&in, sizeof(int32_t) * n_ex, (void **)&d_ex);
+    int32_t *items = (int32_t *)stage_take(&out, sizeof(int32_t) * n * k, (void **)&d_items);
+    float *scores = (float *)stage_take(&out, sizeof(float) * n * k, (void **)&d_scores);
+    int32_t *nout = (int32_t *)stage_take(&out, sizeof(int32_t) * n, (void **)&d_nout);
+    off[0] = 0;
+    for (int i = 0; i < n; i++) {
+        memcpy(uv + (size_t)i * d, reqs[i].user_vec, sizeof(float) * d);
+        if (reqs[i].n_exclude)
+            memcpy(ex + off[i], reqs[i].exclude, sizeof(int32_t) * reqs[i].n_exclude);
+        off[i + 1] = off[i] + reqs[i].n_exclude;
+    }
+    if (gp_cuda_err(cudaMemcpyAsync(e->d_in, e->h_in, in.off, cudaMemcpyHostToDevice, e->st), "copying requests",
+                    err, errsz) ||
+        gp_retr_run(e->rt, e->st, n, d_uv, d_ex, d_off, k, d_items, d_scores, d_nout, err, errsz) ||
+        gp_cuda_err(cudaMemcpyAsync(e->h_out, e->d_out, out.off, cudaMemcpyDeviceToHost, e->st), "copying results",
+                    err, errsz) ||
+        finish(e, "retrieval", err, errsz))
+        return -1;
+    for (int i = 0; i < n; i++) {
+        int got = nout[i] < reqs[i].k ? nout[i] : reqs[i].k;
+        memcpy(reqs[i].items, items + (size_t)i * k, sizeof(int32_t) * got);
+        memcpy(reqs[i].scores, scores + (size_t)i * k, sizeof(float) * got);
+        reqs[i].n_out = got;
+    }
+    return 0;
+}
