@@ -38,11 +38,17 @@ constexpr int THREADS = 256, WARPS = 8, TM = GP_TILE;
 #define GP_CAND_MINB 1 /* candidate blocks per SM the registers are capped for */
 #endif
 static_assert(TM == 64, "the GEMM warp layout assumes 64 rows: 2 warps x 32");
+static_assert(WARPS * 8 == TM, "row work gives each warp 8 rows, one per quad");
 
 /* ---- shapes and shared-memory layout ----------------------------------------------- */
 
 /* dhp: a head's width padded to 16 (one fp16 k-step); hp = H * dhp;
  * lcap: max_hist padded to 32, the key capacity of the cache. */
+/* Row stride (floats) of the residual in shared memory: 16 floats of
+ * padding put the rows that a warp's 8 quads read at once on distinct
+ * banks. */
+__host__ __device__ constexpr int xld(int DP) { return DP + 16; }
+
 struct Dims {
     int d, H, dh, dhp, hp, f, fp, max_hist, lcap, n_layers;
 };
@@ -50,8 +56,7 @@ struct Dims {
 struct Smem {
     int lda1, lda2, ldq, ldh; /* bytes, bytes, halves, halves */
     int lds, ldp;             /* floats, halves */
-    int wrow_ld;              /* floats of a warp's row buffer */
-    size_t xs, a1, sa, s2, rmax, wrow, u, qkv, S, P, pself, hid, a2, total;
+    size_t xs, a1, sa, s2, rmax, u, qkv, S, P, pself, hid, a2, total;
 };
 
 __host__ __device__ inline size_t align16(size_t x) { return (x + 15) & ~(size_t)15; }
@@ -67,14 +72,12 @@ __host__ __device__ inline Smem smem_layout(const Dims &m, int DP, int esz)
     s.ldh = GP_FCHUNK + 8;
     s.lds = m.lcap + 4;
     s.ldp = m.lcap + 8;
-    s.wrow_ld = 2 * DP;
     size_t o = 0;
-    s.xs = o;   o = align16(o + sizeof(float) * TM * DP);
+    s.xs = o;   o = align16(o + sizeof(float) * TM * xld(DP));
     s.a1 = o;   o = align16(o + (size_t)TM * s.lda1);
     s.sa = o;   o = align16(o + sizeof(float) * TM);
     s.s2 = o;   o = align16(o + sizeof(float) * TM);
     s.rmax = o; o = align16(o + sizeof(unsigned) * TM);
-    s.wrow = o; o = align16(o + sizeof(float) * WARPS * s.wrow_ld);
     /* the union: attention's buffers, or the FFN's */
     s.u = o;
     s.qkv = s.u;
@@ -263,65 +266,86 @@ __device__ void gemm(const uint8_t *A, int lda, const float *sa, const gp_lin &l
     }
 }
 
-/* ---- rows: LayerNorm, quantization, attention ------------------------------------------ */
+/* ---- rows, a quad each ------------------------------------------------------------------ */
 
-__device__ __forceinline__ float warp_sum(float v)
+/* Rows of the tile are handled by quads: lanes 4r'..4r'+3 of warp w own
+ * row 8w + r', so a warp works on 8 rows at once and reduces over 4 lanes.
+ * Every lane of the warp must take part (the shuffles name all 32). */
+__device__ __forceinline__ int quad_row() { return (threadIdx.x >> 5) * 8 + ((threadIdx.x & 31) >> 2); }
+
+__device__ __forceinline__ float quad_sum(float v)
 {
-#pragma unroll
-    for (int o = 16; o; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-__device__ __forceinline__ float warp_max(float v)
+__device__ __forceinline__ float quad_max(float v)
 {
-#pragma unroll
-    for (int o = 16; o; o >>= 1)
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
 }
 
-/* y[0..d) = LN(x) with weight g and bias b; the warp's lanes share it. */
-__device__ void layernorm_row(const float *x, int d, const float *g, const float *b, float *y)
+/* int8 by lm_quantize_row_ref's rule: rint(v * boost * inv), saturated
+ * (|v| <= amax keeps it within +-127). */
+__device__ __forceinline__ int8_t q8(float v, float boost, float inv)
 {
-    const int lane = threadIdx.x & 31;
-    float s = 0.0f;
-    for (int i = lane; i < d; i += 32)
-        s += x[i];
-    const float mean = warp_sum(s) / (float)d;
-    float v = 0.0f;
-    for (int i = lane; i < d; i += 32)
-        v += (x[i] - mean) * (x[i] - mean);
-    const float rstd = 1.0f / sqrtf(warp_sum(v) / (float)d + 1e-5f);
-    for (int i = lane; i < d; i += 32)
-        y[i] = (x[i] - mean) * rstd * g[i] + b[i];
-    __syncwarp();
+    int r;
+    asm("cvt.rni.sat.s8.f32 %0, %1;" : "=r"(r) : "f"(v * boost * inv));
+    return (int8_t)r;
 }
 
-/* Row y[0..n) as an A operand row: int8 by lm_quantize_row_ref's rule
- * (scale to *s), or fp16. Columns n..npad are zeroed. */
-template <typename T> __device__ void store_row(const float *y, int n, int npad, uint8_t *dst, float *s);
-
-template <> __device__ void store_row<int8_t>(const float *y, int n, int npad, uint8_t *dst, float *s)
+/* A row's values as an operand row, by a quad: int8 with the row scale
+ * (lm_quantize_row_ref's rule) or fp16. get(i) gives value i < n (called
+ * twice per value for int8: for the maximum, then to quantize); columns
+ * n..npad (a multiple of 16) are zeroed. */
+template <typename T, typename G>
+__device__ __forceinline__ void quad_store_row(G get, int n, int npad, uint8_t *dst, float *s)
 {
-    const int lane = threadIdx.x & 31;
-    float amax = 0.0f;
-    for (int i = lane; i < n; i += 32)
-        amax = fmaxf(amax, fabsf(y[i]));
-    amax = warp_max(amax);
-    const float boost = amax < 0x1p-100f ? 0x1p100f : 1.0f, inv = 127.0f / (amax * boost);
-    for (int i = lane; i < npad; i += 32) {
-        float v = i < n && amax != 0.0f ? rintf(y[i] * boost * inv) : 0.0f;
-        ((int8_t *)dst)[i] = (int8_t)fminf(127.0f, fmaxf(-127.0f, v));
+    const int q = threadIdx.x & 3;
+    if (sizeof(T) == 1) {
+        float amax = 0.0f;
+        for (int i = q * 4; i < n; i += 16)
+            for (int j = 0; j < 4 && i + j < n; j++)
+                amax = fmaxf(amax, fabsf(get(i + j)));
+        amax = quad_max(amax);
+        const float boost = amax < 0x1p-100f ? 0x1p100f : 1.0f, inv = amax != 0.0f ? 127.0f / (amax * boost) : 0.0f;
+        for (int i = q * 4; i < npad; i += 16) {
+            char4 v;
+            v.x = i + 0 < n ? q8(get(i + 0), boost, inv) : 0;
+            v.y = i + 1 < n ? q8(get(i + 1), boost, inv) : 0;
+            v.z = i + 2 < n ? q8(get(i + 2), boost, inv) : 0;
+            v.w = i + 3 < n ? q8(get(i + 3), boost, inv) : 0;
+            *(char4 *)(dst + i) = v;
+        }
+        if (q == 0)
+            *s = amax == 0.0f ? 0.0f : amax / 127.0f;
+    } else {
+        for (int i = q * 4; i < npad; i += 16) {
+            __half2 *p = (__half2 *)(dst + 2 * i);
+            p[0] = __floats2half2_rn(i + 0 < n ? get(i + 0) : 0.0f, i + 1 < n ? get(i + 1) : 0.0f);
+            p[1] = __floats2half2_rn(i + 2 < n ? get(i + 2) : 0.0f, i + 3 < n ? get(i + 3) : 0.0f);
+        }
     }
-    if (lane == 0)
-        *s = amax == 0.0f ? 0.0f : amax / 127.0f;
 }
 
-template <> __device__ void store_row<__half>(const float *y, int n, int npad, uint8_t *dst, float *)
+/* Mean and 1/std of row x[0..d) (d a multiple of 4, x 16-byte aligned), by
+ * a quad. */
+__device__ __forceinline__ float2 quad_moments(const float *x, int d)
 {
-    for (int i = threadIdx.x & 31; i < npad; i += 32)
-        ((__half *)dst)[i] = __float2half_rn(i < n ? y[i] : 0.0f);
+    const int q = threadIdx.x & 3;
+    float s = 0.0f;
+    for (int i = q * 4; i < d; i += 16) {
+        float4 v = *(const float4 *)(x + i);
+        s += (v.x + v.y) + (v.z + v.w);
+    }
+    const float mean = quad_sum(s) / (float)d;
+    float v2 = 0.0f;
+    for (int i = q * 4; i < d; i += 16) {
+        float4 v = *(const float4 *)(x + i);
+        v2 += (v.x - mean) * (v.x - mean) + (v.y - mean) * (v.y - mean) + (v.z - mean) * (v.z - mean) +
+              (v.w - mean) * (v.w - mean);
+    }
+    return make_float2(mean, 1.0f / sqrtf(quad_sum(v2) / (float)d + 1e-5f));
 }
 
 /* ---- one layer of a tile -------------------------------------------------------------------- */
@@ -337,7 +361,6 @@ struct Ctx {
     __device__ float *sa() const { return (float *)(sm + L.sa); }
     __device__ float *s2() const { return (float *)(sm + L.s2); }
     __device__ unsigned *rmax() const { return (unsigned *)(sm + L.rmax); }
-    __device__ float *wrow() const { return (float *)(sm + L.wrow) + (threadIdx.x >> 5) * L.wrow_ld; }
     __device__ float *S() const { return (float *)(sm + L.S); }
     __device__ __half *P() const { return (__half *)(sm + L.P); }
     __device__ float *pself() const { return (float *)(sm + L.pself); }
@@ -346,17 +369,15 @@ struct Ctx {
     __device__ uint8_t *a2() const { return sm + L.a2; }
 };
 
-/* A1 rows = LN(x rows) as operands, warp per row. */
+/* A1 rows = LN(x rows) as operands, a quad per row. */
 template <typename T, int DP>
 __device__ void ln_to_a1(const Ctx &c, const float *g, const float *b)
 {
-    const int warp = threadIdx.x >> 5;
-    float *y = c.wrow();
-    for (int r = warp; r < TM; r += WARPS) {
-        layernorm_row(c.xs() + (size_t)r * DP, c.m.d, g, b, y);
-        store_row<T>(y, c.m.d, DP, c.a1() + (size_t)r * c.L.lda1, &c.sa()[r]);
-        __syncwarp();
-    }
+    const int r = quad_row(), d = c.m.d;
+    const float *x = c.xs() + (size_t)r * xld(DP);
+    const float2 mr = quad_moments(x, d);
+    quad_store_row<T>([&](int i) { return (x[i] - mr.x) * mr.y * __ldg(&g[i]) + __ldg(&b[i]); }, d, DP,
+                      c.a1() + (size_t)r * c.L.lda1, &c.sa()[r]);
 }
 
 /* q, k and v of the tile's rows in the padded-head layout, into the qkv
@@ -393,16 +414,19 @@ template <typename T, int DP> __device__ void out_proj(const Ctx &c, const gp_la
 {
     float *x = c.xs();
     gemm<T>(c.a1(), c.L.lda1, c.sa(), ly.out, [&](int r, int col, float y0, float y1) {
-        float2 *p = (float2 *)&x[(size_t)r * DP + col];
+        float2 *p = (float2 *)&x[(size_t)r * xld(DP) + col];
         float2 v = *p;
         *p = make_float2(v.x + y0, v.y + y1);
     });
 }
 
+/* gelu_tanh with the hardware tanh (max relative error about 2^-11, far
+ * under the int8 step the result is quantized to). */
 __device__ __forceinline__ float gelu(float y)
 {
-    const float u = 0.7978845608028654f * (0.044715f * y * y * y + y);
-    return y / (1.0f + __expf(-2.0f * u));
+    float t;
+    asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(0.7978845608028654f * (0.044715f * y * y * y + y)));
+    return 0.5f * y * (1.0f + t);
 }
 
 /* hid (fp16, one FFN chunk) -> A2 int8, per row with the chunk's row
@@ -417,10 +441,10 @@ __device__ void quantize_chunk(const Ctx &c)
         const __half2 *h = (const __half2 *)&c.hid()[(size_t)r * c.L.ldh + j];
         float2 a = __half22float2(h[0]), b = __half22float2(h[1]);
         char4 q;
-        q.x = (signed char)fminf(127.0f, fmaxf(-127.0f, rintf(a.x * boost * inv)));
-        q.y = (signed char)fminf(127.0f, fmaxf(-127.0f, rintf(a.y * boost * inv)));
-        q.z = (signed char)fminf(127.0f, fmaxf(-127.0f, rintf(b.x * boost * inv)));
-        q.w = (signed char)fminf(127.0f, fmaxf(-127.0f, rintf(b.y * boost * inv)));
+        q.x = q8(a.x, boost, inv);
+        q.y = q8(a.y, boost, inv);
+        q.z = q8(b.x, boost, inv);
+        q.w = q8(b.y, boost, inv);
         *(char4 *)&c.a2()[(size_t)r * c.L.lda2 + j] = q;
         if (j == 0)
             c.s2()[r] = amax == 0.0f ? 0.0f : amax / 127.0f;
@@ -513,34 +537,44 @@ template <typename T, int DP> __device__ void ffn(const Ctx &c, const gp_layer &
     float *x = c.xs();
     each_acc(down, wm * 32, wn * (DP / 4), [&](int r, int col, float v) {
         if (col < c.m.d)
-            x[(size_t)r * DP + col] += v + __ldg(&ly.down.bias[col]);
+            x[(size_t)r * xld(DP) + col] += v + __ldg(&ly.down.bias[col]);
     });
 }
 
-/* Softmax of row r of S over its n visible keys (and its own key, score
- * ss, for candidates) into P (fp16, zeros up to lp) and p_self. */
-__device__ void softmax_row(const Ctx &c, int r, int n, int lp, bool cand, float ss, float scale)
+/* Softmax of head h for every row of the tile, a quad per row: S over
+ * the row's visible keys (and, for candidates, its own key) into P (fp16,
+ * zeros up to lp) and p_self. */
+__device__ void softmax_rows(const Ctx &c, int h, int nk, int causal_first, int lp, float scale)
 {
-    const int lane = threadIdx.x & 31;
+    const Dims &m = c.m;
+    const int r = quad_row(), q = threadIdx.x & 3;
+    const bool cand = causal_first < 0;
+    float ss = 0.0f; /* the row's own key */
+    if (cand) {
+        const __half *qr = c.qkv() + (size_t)r * c.L.ldq + h * m.dhp;
+        for (int i = q; i < m.dh; i += 4)
+            ss += __half2float(qr[i]) * __half2float(qr[m.hp + i]);
+        ss = quad_sum(ss);
+    }
+    const int n = r >= c.rows ? 0 : cand ? nk : causal_first + r + 1;
     float *s = c.S() + (size_t)r * c.L.lds;
     float mx = -INFINITY;
-    for (int j = lane; j < n; j += 32)
+    for (int j = q; j < n; j += 4)
         mx = fmaxf(mx, s[j]);
-    mx = fmaxf(warp_max(mx), cand ? ss : -INFINITY) * scale;
+    mx = fmaxf(quad_max(mx), cand ? ss : -INFINITY) * scale;
     float sum = 0.0f;
-    for (int j = lane; j < n; j += 32) {
+    for (int j = q; j < n; j += 4) {
         float e = __expf(s[j] * scale - mx);
         s[j] = e;
         sum += e;
     }
     const float es = cand ? __expf(ss * scale - mx) : 0.0f;
-    sum = warp_sum(sum) + es;
+    sum = quad_sum(sum) + es;
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-    __syncwarp();
     __half *p = c.P() + (size_t)r * c.L.ldp;
-    for (int j = lane; j < lp; j += 32)
+    for (int j = q; j < lp; j += 4)
         p[j] = __float2half_rn(j < n ? s[j] * inv : 0.0f);
-    if (lane == 0)
+    if (q == 0)
         c.pself()[r] = es * inv;
 }
 
@@ -554,7 +588,7 @@ template <typename T, int DP, bool NC>
 __device__ void attention(const Ctx &c, const __half *K, const __half *Vt, int nk, int causal_first)
 {
     const Dims &m = c.m;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, ldq = c.L.ldq;
+    const int ldq = c.L.ldq;
     const bool cand = causal_first < 0;
     const int lp = gp_round_up(cand ? nk : causal_first + c.rows, 32);
     const float scale = 1.0f / sqrtf((float)m.dh);
@@ -567,17 +601,7 @@ __device__ void attention(const Ctx &c, const __half *K, const __half *Vt, int n
                                  [&](int r, int j, float v) { S[(size_t)r * c.L.lds + j] = v; });
         }
         __syncthreads();
-        for (int r = warp; r < TM; r += WARPS) {
-            const __half *q = qkv + (size_t)r * ldq + h * m.dhp;
-            float ss = 0.0f;
-            if (cand) {
-                for (int i = lane; i < m.dh; i += 32)
-                    ss += __half2float(q[i]) * __half2float(q[m.hp + i]);
-                ss = warp_sum(ss);
-            }
-            const int n = r >= c.rows ? 0 : cand ? nk : causal_first + r + 1;
-            softmax_row(c, r, n, lp, cand, ss, scale);
-        }
+        softmax_rows(c, h, nk, causal_first, lp, scale);
         __syncthreads();
         const float *ps = c.pself();
         auto out = [&](int r, int i, float v) {
@@ -595,14 +619,14 @@ __device__ void attention(const Ctx &c, const __half *K, const __half *Vt, int n
                 out(i / m.dh, i % m.dh, 0.0f);
         __syncthreads();
     }
-    float *y = c.wrow();
-    for (int r = warp; r < TM; r += WARPS) {
-        for (int i = lane; i < m.d; i += 32)
-            y[i] = __half2float(qkv[(size_t)r * ldq + (i / m.dh) * m.dhp + i % m.dh]);
-        __syncwarp();
-        store_row<T>(y, m.d, DP, c.a1() + (size_t)r * c.L.lda1, &c.sa()[r]);
-        __syncwarp();
-    }
+    const int r = quad_row();
+    const __half *o = qkv + (size_t)r * ldq;
+    if (m.dh == m.dhp)
+        quad_store_row<T>([&](int i) { return __half2float(o[i]); }, m.d, DP, c.a1() + (size_t)r * c.L.lda1,
+                          &c.sa()[r]);
+    else
+        quad_store_row<T>([&](int i) { return __half2float(o[(i / m.dh) * m.dhp + i % m.dh]); }, m.d, DP,
+                          c.a1() + (size_t)r * c.L.lda1, &c.sa()[r]);
 }
 
 /* One layer for the tile. History tiles (causal_first = t0 >= 0) write
@@ -683,23 +707,20 @@ __global__ void __launch_bounds__(THREADS) history_kernel(const gp_weights *w, g
         for (int t0 = 0; t0 < L; t0 += TM) {
             c.rows = min(TM, L - t0);
             for (int i = threadIdx.x; i < TM * DP; i += THREADS)
-                x[i] = i / DP < c.rows ? xb[(size_t)t0 * DP + i] : 0.0f;
+                x[(i / DP) * xld(DP) + i % DP] = i / DP < c.rows ? xb[(size_t)t0 * DP + i] : 0.0f;
             __syncthreads();
             layer<T, DP, false>(c, w->layers[l], kvl, kvl + (size_t)m.lcap * m.hp, 0, t0);
             for (int i = threadIdx.x; i < c.rows * DP; i += THREADS)
-                xb[(size_t)t0 * DP + i] = x[i];
+                xb[(size_t)t0 * DP + i] = x[(i / DP) * xld(DP) + i % DP];
             __syncthreads();
         }
     }
-    /* user vector: LN_f of the newest token, or of a zero row */
-    if (threadIdx.x < 32) {
-        float *y = c.wrow(), *src = y + DP;
-        for (int i = threadIdx.x; i < m.d; i += 32)
-            src[i] = L > 0 ? xb[(size_t)(L - 1) * DP + i] : 0.0f;
-        __syncwarp();
-        layernorm_row(src, m.d, w->lnf_w, w->lnf_b, y);
-        for (int i = threadIdx.x; i < m.d; i += 32)
-            bt.user_vec[(size_t)b * m.d + i] = y[i];
+    /* user vector: LN_f of the newest token; LN_f of a zero row is its bias */
+    if (threadIdx.x < 4) {
+        const float *xl = xb + (size_t)(L > 0 ? L - 1 : 0) * DP;
+        const float2 mr = L > 0 ? quad_moments(xl, m.d) : make_float2(0.0f, 0.0f);
+        for (int i = threadIdx.x; i < m.d; i += 4)
+            bt.user_vec[(size_t)b * m.d + i] = (L > 0 ? xl[i] - mr.x : 0.0f) * mr.y * w->lnf_w[i] + w->lnf_b[i];
     }
 }
 
@@ -720,7 +741,7 @@ __global__ void __launch_bounds__(THREADS, GP_CAND_MINB) cand_kernel(const gp_we
     float *x = c.xs();
     for (int i = threadIdx.x; i < TM * DP; i += THREADS) {
         int r = i / DP, j = i % DP;
-        x[i] = r < c.rows && j < m.d ? item_val(w, bt.cands[first + r], j) + w->pos_emb[j] : 0.0f;
+        x[r * xld(DP) + j] = r < c.rows && j < m.d ? item_val(w, bt.cands[first + r], j) + w->pos_emb[j] : 0.0f;
     }
     __syncthreads();
     for (int l = 0; l < m.n_layers; l++)
@@ -728,19 +749,16 @@ __global__ void __launch_bounds__(THREADS, GP_CAND_MINB) cand_kernel(const gp_we
         __half *kvl = kv_at((__half *)kv, m, b, l);
         layer<T, DP, true>(c, w->layers[l], kvl, kvl + (size_t)m.lcap * m.hp, L, -1);
     }
-    /* score = head . LN_f(x) + head_b, warp per row */
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    float *y = c.wrow();
-    for (int r = warp; r < c.rows; r += WARPS) {
-        layernorm_row(x + (size_t)r * DP, m.d, w->lnf_w, w->lnf_b, y);
-        float s = 0.0f;
-        for (int i = lane; i < m.d; i += 32)
-            s += y[i] * w->head_w[i];
-        s = warp_sum(s);
-        if (lane == 0)
-            bt.scores[first + r] = s + w->head_b;
-        __syncwarp();
-    }
+    /* score = head . LN_f(x) + head_b, a quad per row */
+    const int r = quad_row(), q = threadIdx.x & 3;
+    const float *xr = x + (size_t)r * xld(DP);
+    const float2 mr = quad_moments(xr, m.d);
+    float s = 0.0f;
+    for (int i = q; i < m.d; i += 4)
+        s += ((xr[i] - mr.x) * mr.y * w->lnf_w[i] + w->lnf_b[i]) * w->head_w[i];
+    s = quad_sum(s);
+    if (q == 0 && r < c.rows)
+        bt.scores[first + r] = s + w->head_b;
 }
 
 } // namespace
@@ -811,6 +829,10 @@ int gp_score_new(gp_score **out, const gp_weights *w, const gp_weights *d_w, int
     m.lcap = gp_round_up(m.max_hist, 32);
     m.n_layers = w->cfg.n_layers;
     s->dp = gp_round_up(m.d, 32);
+    if (m.d % 4) {
+        gp_score_free(s);
+        return cm_errf(err, errsz, "gpu scorer: d_model %d is not a multiple of 4", w->cfg.d_model);
+    }
     if ((w->int8 ? pick_dp<int8_t>(s) : pick_dp<__half>(s)) != 0) {
         gp_score_free(s);
         return cm_errf(err, errsz, "gpu scorer: d_model %d is over the engine's 256", w->cfg.d_model);
