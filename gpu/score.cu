@@ -56,7 +56,7 @@ struct Dims {
 struct Smem {
     int lda1, lda2, ldq, ldh; /* bytes, bytes, halves, halves */
     int lds, ldp;             /* floats, halves */
-    size_t xs, a1, sa, s2, rmax, u, qkv, S, P, pself, hid, a2, total;
+    size_t xs, a1, sa, s2, u, qkv, S, P, pself, hid, a2, total;
 };
 
 __host__ __device__ inline size_t align16(size_t x) { return (x + 15) & ~(size_t)15; }
@@ -77,7 +77,6 @@ __host__ __device__ inline Smem smem_layout(const Dims &m, int DP, int esz)
     s.a1 = o;   o = align16(o + (size_t)TM * s.lda1);
     s.sa = o;   o = align16(o + sizeof(float) * TM);
     s.s2 = o;   o = align16(o + sizeof(float) * TM);
-    s.rmax = o; o = align16(o + sizeof(unsigned) * TM);
     /* the union: attention's buffers, or the FFN's */
     s.u = o;
     s.qkv = s.u;
@@ -360,7 +359,6 @@ struct Ctx {
     __device__ uint8_t *a1() const { return sm + L.a1; }
     __device__ float *sa() const { return (float *)(sm + L.sa); }
     __device__ float *s2() const { return (float *)(sm + L.s2); }
-    __device__ unsigned *rmax() const { return (unsigned *)(sm + L.rmax); }
     __device__ float *S() const { return (float *)(sm + L.S); }
     __device__ __half *P() const { return (__half *)(sm + L.P); }
     __device__ float *pself() const { return (float *)(sm + L.pself); }
@@ -429,26 +427,14 @@ __device__ __forceinline__ float gelu(float y)
     return 0.5f * y * (1.0f + t);
 }
 
-/* hid (fp16, one FFN chunk) -> A2 int8, per row with the chunk's row
- * maxima, by lm_quantize_row_ref's rule; 4 columns per step. */
+/* hid (fp16, one FFN chunk) -> A2 int8 per row of the chunk, a quad per
+ * row. */
 __device__ void quantize_chunk(const Ctx &c)
 {
-    const unsigned *rmax = c.rmax();
-    for (int i = threadIdx.x; i < TM * GP_FCHUNK / 4; i += THREADS) {
-        const int r = i / (GP_FCHUNK / 4), j = (i % (GP_FCHUNK / 4)) * 4;
-        const float amax = __uint_as_float(rmax[r]);
-        const float boost = amax < 0x1p-100f ? 0x1p100f : 1.0f, inv = amax != 0.0f ? 127.0f / (amax * boost) : 0.0f;
-        const __half2 *h = (const __half2 *)&c.hid()[(size_t)r * c.L.ldh + j];
-        float2 a = __half22float2(h[0]), b = __half22float2(h[1]);
-        char4 q;
-        q.x = q8(a.x, boost, inv);
-        q.y = q8(a.y, boost, inv);
-        q.z = q8(b.x, boost, inv);
-        q.w = q8(b.y, boost, inv);
-        *(char4 *)&c.a2()[(size_t)r * c.L.lda2 + j] = q;
-        if (j == 0)
-            c.s2()[r] = amax == 0.0f ? 0.0f : amax / 127.0f;
-    }
+    const int r = quad_row();
+    const __half *h = c.hid() + (size_t)r * c.L.ldh;
+    quad_store_row<int8_t>([&](int i) { return __half2float(h[i]); }, GP_FCHUNK, GP_FCHUNK,
+                           c.a2() + (size_t)r * c.L.lda2, &c.s2()[r]);
 }
 
 /* x += down(gelu(up(A1))) for the tile, GP_FCHUNK hidden columns at a time,
@@ -462,7 +448,6 @@ template <typename T, int DP> __device__ void ffn(const Ctx &c, const gp_layer &
     const uint8_t *Wd = (const uint8_t *)(esz == 1 ? (const void *)ly.down.q : (const void *)ly.down.h);
     const int ldu = ly.up.kp * esz, ldd = ly.down.kp * esz;
     __half *hid = c.hid();
-    unsigned *rmax = c.rmax();
     float ra[2][2], dsc[NT][2];
 #pragma unroll
     for (int mi = 0; mi < 2; mi++)
@@ -477,10 +462,7 @@ template <typename T, int DP> __device__ void ffn(const Ctx &c, const gp_layer &
     float down[2][NT][4];
     zero(down);
     for (int f0 = 0; f0 < ly.up.np; f0 += GP_FCHUNK) {
-        for (int r = threadIdx.x; r < TM; r += THREADS)
-            rmax[r] = 0;
-        __syncthreads();
-        { /* up, bias, GELU -> hid (fp16); row maxima, reduced over the quad first */
+        { /* up, bias, GELU -> hid (fp16) */
             typename Op<T>::Acc acc[2][4][4];
             zero(acc);
             warp_mma<T, 4>(acc, c.a1() + (size_t)wm * 32 * c.L.lda1, c.L.lda1, Wu + (size_t)(f0 + wn * 32) * ldu, ldu,
@@ -492,20 +474,12 @@ template <typename T, int DP> __device__ void ffn(const Ctx &c, const gp_layer &
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
                     const int r = wm * 32 + mi * 16 + g + h * 8;
-                    float mx = 0.0f;
 #pragma unroll
                     for (int ni = 0; ni < 4; ni++) {
                         const int j = wn * 32 + ni * 8 + t * 2;
                         float y0 = gelu((float)acc[mi][ni][2 * h] * (ra[mi][h] * sc[ni][0]) + bi[ni][0]);
                         float y1 = gelu((float)acc[mi][ni][2 * h + 1] * (ra[mi][h] * sc[ni][1]) + bi[ni][1]);
                         *(__half2 *)&hid[(size_t)r * c.L.ldh + j] = __floats2half2_rn(y0, y1);
-                        mx = fmaxf(mx, fmaxf(fabsf(y0), fabsf(y1)));
-                    }
-                    if (esz == 1) {
-                        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                        if (t == 0)
-                            atomicMax(&rmax[r], __float_as_uint(mx));
                     }
                 }
         }
