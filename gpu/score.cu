@@ -622,7 +622,7 @@ __device__ void layer(const Ctx &c, const gp_layer &ly, __half *K, __half *Vt, i
     __syncthreads();
 }
 
-__device__ inline Dims dims_of(const gp_weights *w)
+__host__ __device__ inline Dims dims_of(const gp_weights *w)
 {
     Dims m;
     m.d = w->cfg.d_model;
@@ -791,17 +791,8 @@ int gp_score_new(gp_score **out, const gp_weights *w, const gp_weights *d_w, int
     s->d_w = d_w;
     s->max_batch = max_batch;
     s->esz = w->int8 ? 1 : 2;
-    Dims &m = s->m;
-    m.d = w->cfg.d_model;
-    m.H = w->cfg.n_heads;
-    m.dh = m.d / m.H;
-    m.dhp = gp_round_up(m.dh, 16);
-    m.hp = m.H * m.dhp;
-    m.f = w->cfg.d_ffn;
-    m.fp = w->layers[0].up.np;
-    m.max_hist = w->cfg.max_hist;
-    m.lcap = gp_round_up(m.max_hist, 32);
-    m.n_layers = w->cfg.n_layers;
+    s->m = dims_of(w); /* w: the host copy, with the same sizes */
+    const Dims &m = s->m;
     s->dp = gp_round_up(m.d, 32);
     if (m.d % 4) {
         gp_score_free(s);

@@ -193,34 +193,6 @@ static void score_golden(lm_scorer *s, const tu_io *io, float *scores, float *uv
     free(reqs);
 }
 
-/* Positions of the K best of s[m], best first; ties go to the lower position. */
-static void top_positions(const float *s, int m, int K, int *out)
-{
-    for (int j = 0; j < K; j++) {
-        int best = -1;
-        for (int i = 0; i < m; i++) {
-            int taken = 0;
-            for (int t = 0; t < j && !taken; t++)
-                taken = out[t] == i;
-            if (!taken && (best < 0 || s[i] > s[best]))
-                best = i;
-        }
-        out[j] = best;
-    }
-}
-
-/* |top-K(a) ∩ top-K(b)| / K with K = min(10, m). */
-static double top10_agreement(const float *a, const float *b, int m)
-{
-    int K = m < 10 ? m : 10, ta[10], tb[10], hits = 0;
-    top_positions(a, m, K, ta);
-    top_positions(b, m, K, tb);
-    for (int i = 0; i < K; i++)
-        for (int j = 0; j < K; j++)
-            hits += ta[i] == tb[j];
-    return (double)hits / K;
-}
-
 /* ---- golden: every ISA against the reference ----------------------------------- */
 
 START_TEST(test_golden)
@@ -587,7 +559,7 @@ START_TEST(test_int8_accuracy)
         double es = tu_max_abs_diff(s, io.scores, ns), eu = tu_max_abs_diff(u, io.user_vec, nu);
         double agree = 0.0, agree_min = 1.0;
         for (int b = 0; b < io.B; b++) {
-            double a = top10_agreement(io.scores + (size_t)b * io.m, s + (size_t)b * io.m, io.m);
+            double a = tu_top10_overlap(io.scores + (size_t)b * io.m, s + (size_t)b * io.m, io.m);
             agree += a / io.B;
             agree_min = a < agree_min ? a : agree_min;
         }

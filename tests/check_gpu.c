@@ -104,34 +104,6 @@ static double max_rel_diff(const float *a, const float *ref, size_t n)
     return tu_max_abs_diff(a, ref, n) / (scale > 0.0 ? scale : 1.0);
 }
 
-/* Positions of the K best of s[n], best first; ties to the lower position. */
-static void top_positions(const float *s, int n, int K, int *out)
-{
-    for (int j = 0; j < K; j++) {
-        int best = -1;
-        for (int i = 0; i < n; i++) {
-            int taken = 0;
-            for (int t = 0; t < j && !taken; t++)
-                taken = out[t] == i;
-            if (!taken && (best < 0 || s[i] > s[best]))
-                best = i;
-        }
-        out[j] = best;
-    }
-}
-
-/* |top-K(a) ∩ top-K(b)| / K, K = min(10, n); 1 for n = 0. */
-static double top10_overlap(const float *a, const float *b, int n)
-{
-    int K = n < 10 ? n : 10, ta[10], tb[10], hits = 0;
-    top_positions(a, n, K, ta);
-    top_positions(b, n, K, tb);
-    for (int i = 0; i < K; i++)
-        for (int j = 0; j < K; j++)
-            hits += ta[i] == tb[j];
-    return K ? (double)hits / K : 1.0;
-}
-
 /* ---- models ------------------------------------------------------------------- */
 
 /* A random model with the reference's initialisation (embeddings N(0, 0.5),
@@ -360,7 +332,7 @@ static double batch_overlap(const batch *bt, double *worst)
         int nc = bt->reqs[b].n_cands;
         if (nc == 0)
             continue;
-        double o = top10_overlap(bt->cpu_s + (size_t)b * bt->M, bt->gpu_s + (size_t)b * bt->M, nc);
+        double o = tu_top10_overlap(bt->cpu_s + (size_t)b * bt->M, bt->gpu_s + (size_t)b * bt->M, nc);
         *worst = o < *worst ? o : *worst;
         sum += o;
         n++;

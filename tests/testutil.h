@@ -304,4 +304,34 @@ static inline int tu_isas(lm_isa out[LM_ISA_COUNT], int print)
     return n;
 }
 
+/* ---- rankings ------------------------------------------------------------------ */
+
+/* Positions of the K best of s[n], best first; ties to the lower position. */
+static inline void tu_top_positions(const float *s, int n, int K, int *out)
+{
+    for (int j = 0; j < K; j++) {
+        int best = -1;
+        for (int i = 0; i < n; i++) {
+            int taken = 0;
+            for (int t = 0; t < j && !taken; t++)
+                taken = out[t] == i;
+            if (!taken && (best < 0 || s[i] > s[best]))
+                best = i;
+        }
+        out[j] = best;
+    }
+}
+
+/* |top-K(a) ∩ top-K(b)| / K with K = min(10, n); 1 for n = 0. */
+static inline double tu_top10_overlap(const float *a, const float *b, int n)
+{
+    int K = n < 10 ? n : 10, ta[10], tb[10], hits = 0;
+    tu_top_positions(a, n, K, ta);
+    tu_top_positions(b, n, K, tb);
+    for (int i = 0; i < K; i++)
+        for (int j = 0; j < K; j++)
+            hits += ta[i] == tb[j];
+    return K ? (double)hits / K : 1.0;
+}
+
 #endif
