@@ -101,7 +101,8 @@ void gp_retr_free(gp_retr *r);
 /* Enqueues on `st`; every pointer is device memory:
  *   uv [B, d] user vectors; excl_off [B + 1] offsets into excl (CSR);
  *   items/scores [B, k] out, best first; n_out [B] out: entries written.
- * Returns -1 with err only for arguments out of range (nothing enqueued). */
+ * Returns -1 with err for arguments out of range (nothing enqueued) or a
+ * launch that failed (earlier steps may be enqueued). */
 int gp_retr_run(gp_retr *r, cudaStream_t st, int B, const float *uv, const int32_t *excl,
                 const int32_t *excl_off, int k, int32_t *items, float *scores, int32_t *n_out,
                 char *err, size_t errsz);

@@ -21,8 +21,7 @@
  * All memory is taken by gp_retr_new. Where max_batch rows of logits would
  * pass GP_RETR_LOGIT_BYTES (catalogs of millions), a batch runs in groups of
  * users that fit. The engine runs on sm_80 and newer (gp_probe), where the
- * int8 MMA is native; built for an older target (sm_75), mma_s8 falls back
- * to dp4a with the same integer sums. */
+ * int8 MMA is native. */
 #include <cub/block/block_scan.cuh>
 #include <stdint.h>
 #include <stdio.h>
@@ -108,28 +107,13 @@ quantize_users(const float *uv, int d, int dp, int8_t *uq, float *us)
 
 /* c += a . b over one 16x8x32 int8 tile, in PTX's fragment layout: lane
  * 4g + t holds a's rows g and g + 8 and b's column g, 4 bytes of K each per
- * register. Integer sums are exact, so the emulation gives the same bits. */
+ * register. */
 __device__ __forceinline__ void mma_s8(int (&c)[4], const unsigned (&a)[4], const unsigned (&b)[2])
 {
-#if __CUDA_ARCH__ >= 800
     asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
         "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
         : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#else
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    for (int s = 0; s < 4; s++) {
-        const int la = 4 * g + s, l0 = 8 * t + s, l1 = 8 * t + 4 + s; /* row g; columns 2t, 2t+1 */
-        const int a0 = __shfl_sync(FULL_MASK, (int)a[0], la), a1 = __shfl_sync(FULL_MASK, (int)a[1], la);
-        const int a2 = __shfl_sync(FULL_MASK, (int)a[2], la), a3 = __shfl_sync(FULL_MASK, (int)a[3], la);
-        const int b00 = __shfl_sync(FULL_MASK, (int)b[0], l0), b01 = __shfl_sync(FULL_MASK, (int)b[1], l0);
-        const int b10 = __shfl_sync(FULL_MASK, (int)b[0], l1), b11 = __shfl_sync(FULL_MASK, (int)b[1], l1);
-        c[0] = __dp4a(a2, b01, __dp4a(a0, b00, c[0]));
-        c[1] = __dp4a(a2, b11, __dp4a(a0, b10, c[1]));
-        c[2] = __dp4a(a3, b01, __dp4a(a1, b00, c[2]));
-        c[3] = __dp4a(a3, b11, __dp4a(a1, b10, c[3]));
-    }
-#endif
 }
 
 /* Copies bytes [kc, kc + LQ_KC) of the block's user rows to shared memory,
