@@ -713,9 +713,28 @@ __global__ void __launch_bounds__(THREADS, GP_CAND_MINB) cand_kernel(const gp_we
     c.rows = tile.z;
     const int L = bt.n_hist[b];
     float *x = c.xs();
-    for (int i = threadIdx.x; i < TM * DP; i += THREADS) {
-        int r = i / DP, j = i % DP;
-        x[r * xld(DP) + j] = r < c.rows && j < m.d ? item_val(w, bt.cands[first + r], j) + w->pos_emb[j] : 0.0f;
+    { /* candidate rows: item_emb[cand] + pos_emb[0], a quad per row, 4 columns a step */
+        const int r = quad_row(), q = threadIdx.x & 3;
+        const int item = r < c.rows ? bt.cands[first + r] : 0;
+        const int int8 = w->int8, dp = w->dp;
+        const int8_t *iq = w->item_q;
+        const float *ifl = w->item_f, *pos = w->pos_emb;
+        const float sc = int8 ? w->item_scale[item] : 0.0f;
+        float *xr = x + (size_t)r * xld(DP);
+        for (int j = q * 4; j < DP; j += 16) {
+            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (r < c.rows && j < m.d) { /* d is a multiple of 4 */
+                if (int8) {
+                    char4 e = *(const char4 *)&iq[(size_t)item * dp + j];
+                    v = make_float4((float)e.x * sc, (float)e.y * sc, (float)e.z * sc, (float)e.w * sc);
+                } else {
+                    v = make_float4(ifl[(size_t)item * m.d + j], ifl[(size_t)item * m.d + j + 1],
+                                    ifl[(size_t)item * m.d + j + 2], ifl[(size_t)item * m.d + j + 3]);
+                }
+                v.x += pos[j], v.y += pos[j + 1], v.z += pos[j + 2], v.w += pos[j + 3];
+            }
+            *(float4 *)&xr[j] = v;
+        }
     }
     __syncthreads();
     for (int l = 0; l < m.n_layers; l++)
