@@ -4,11 +4,14 @@
  * inside one block, so that activations stay in shared memory and
  * registers from the embedding gather to the score.
  *
- * Per layer and tile (TM = GP_TILE rows, 8 warps):
- *   LN1 -> A (int8 per row, or fp16)      warp per row
+ * Per layer and tile (TM = GP_TILE rows, 8 warps; row work by quads, 8
+ * rows per warp):
+ *   LN1 -> A (int8 per row, or fp16)
  *   QKV = A Wqkv^T                        tensor cores, 2 x 4 warps over 64 x 128 outputs
- *   attention over the user's cached history keys/values (+ self)     warp per row
- *   x += out(att)                         tensor cores
+ *   per head: S = Q K^T, softmax -> P, O = P V + p_self v_self
+ *                                         over the user's cached keys and values (fp16
+ *                                         tensor cores), then O -> A
+ *   x += out(A)                           tensor cores
  *   LN2 -> A; for each GP_FCHUNK of d_ffn:
  *     h = gelu(A Wup^T) -> A2 (int8 per row and chunk, or fp16)
  *     acc += A2 Wdown^T                   in registers across chunks
