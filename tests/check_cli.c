@@ -113,8 +113,6 @@ END_TEST
 
 int main(void)
 {
-    if (tu_tmp_init("check_cli"))
-        return EXIT_FAILURE;
     Suite *s = suite_create("cli");
     TCase *tc = tcase_create("cli");
     tcase_add_test(tc, test_version);
@@ -123,10 +121,5 @@ int main(void)
     tcase_add_test(tc, test_errors);
     tcase_set_timeout(tc, 60);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    tu_tmp_cleanup();
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tu_main("check_cli", s);
 }

@@ -1256,14 +1256,6 @@ static Suite *forward_suite(void)
 
 int main(void)
 {
-    setvbuf(stdout, NULL, _IOLBF, 0); /* forked tests print; keep lines whole and in order */
     alloc_hooks_install();
-    if (tu_tmp_init("check_forward"))
-        return EXIT_FAILURE;
-    SRunner *sr = srunner_create(forward_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    tu_tmp_cleanup();
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return tu_main("check_forward", forward_suite());
 }

@@ -931,13 +931,5 @@ static Suite *retrieval_suite(void)
 
 int main(void)
 {
-    setvbuf(stdout, NULL, _IOLBF, 0); /* forked tests print; keep lines whole and in order */
-    if (tu_tmp_init("check_retrieval"))
-        return EXIT_FAILURE;
-    SRunner *sr = srunner_create(retrieval_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    tu_tmp_cleanup();
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return tu_main("check_retrieval", retrieval_suite());
 }

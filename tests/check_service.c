@@ -477,8 +477,6 @@ END_TEST
 
 int main(void)
 {
-    if (tu_tmp_init("check_service"))
-        return EXIT_FAILURE;
     Suite *s = suite_create("service");
     TCase *tc = tcase_create("service");
     tcase_add_test(tc, test_stream);
@@ -486,10 +484,5 @@ int main(void)
     tcase_add_test(tc, test_restart);
     tcase_set_timeout(tc, 120);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    tu_tmp_cleanup();
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tu_main("check_service", s);
 }

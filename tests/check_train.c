@@ -667,12 +667,5 @@ int main(void)
     tcase_set_timeout(tc, 300);
     suite_add_tcase(s, tc);
     tr_ops_init();
-    if (tu_tmp_init("check_train"))
-        return EXIT_FAILURE;
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    tu_tmp_cleanup();
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tu_main("check_train", s);
 }

@@ -304,6 +304,22 @@ static inline int tu_isas(lm_isa out[LM_ISA_COUNT], int print)
     return n;
 }
 
+/* The main() of a suite with a scratch directory: output line-buffered
+ * (forked tests print; lines stay whole and in order), the directory made
+ * before Check forks and removed afterwards. Returns the exit status. */
+static inline int tu_main(const char *name, Suite *s)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (tu_tmp_init(name))
+        return EXIT_FAILURE;
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    tu_tmp_cleanup();
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
 /* ---- rankings ------------------------------------------------------------------ */
 
 /* Positions of the K best of s[n], best first; ties to the lower position. */
