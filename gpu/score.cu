@@ -641,11 +641,31 @@ __host__ __device__ inline Dims dims_of(const gp_weights *w)
     return m;
 }
 
-/* Item row `item` (dequantized) into y[0..d). */
-__device__ __forceinline__ float item_val(const gp_weights *w, int item, int i)
+/* An input token into xr[0..DP), a quad per row, 4 columns a step (d is a
+ * multiple of 4): item_emb[item] (dequantized) + add0 (+ add1 where given);
+ * zeros past d, and for item < 0 (no row). */
+template <int DP>
+__device__ void embed_row(const gp_weights *w, int item, const float *add0, const float *add1, float *xr)
 {
-    return w->int8 ? (float)w->item_q[(size_t)item * w->dp + i] * w->item_scale[item]
-                   : w->item_f[(size_t)item * w->cfg.d_model + i];
+    const int d = w->cfg.d_model, int8 = w->int8, row = item >= 0 ? item : 0;
+    const int8_t *iq = int8 ? w->item_q + (size_t)row * w->dp : NULL;
+    const float *ifl = int8 ? NULL : w->item_f + (size_t)row * d;
+    const float sc = int8 ? w->item_scale[row] : 0.0f;
+    for (int j = (threadIdx.x & 3) * 4; j < DP; j += 16) {
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (item >= 0 && j < d) {
+            if (int8) {
+                char4 e = *(const char4 *)&iq[j];
+                v = make_float4((float)e.x * sc, (float)e.y * sc, (float)e.z * sc, (float)e.w * sc);
+            } else {
+                v = make_float4(ifl[j], ifl[j + 1], ifl[j + 2], ifl[j + 3]);
+            }
+            v.x += add0[j], v.y += add0[j + 1], v.z += add0[j + 2], v.w += add0[j + 3];
+            if (add1)
+                v.x += add1[j], v.y += add1[j + 1], v.z += add1[j + 2], v.w += add1[j + 3];
+        }
+        *(float4 *)&xr[j] = v;
+    }
 }
 
 /* The key/value cache of user b, layer l: keys K [lcap, hp], then values
@@ -672,12 +692,9 @@ __global__ void __launch_bounds__(THREADS) history_kernel(const gp_weights *w, g
     const int32_t *items = bt.hist_items + (size_t)b * m.max_hist, *acts = bt.hist_actions + (size_t)b * m.max_hist;
     float *xb = xh + (size_t)b * m.max_hist * DP;
     float *x = c.xs();
-    for (int i = threadIdx.x; i < L * DP; i += THREADS) {
-        int t = i / DP, j = i % DP;
-        xb[i] = j < m.d ? item_val(w, items[t], j) + w->action_emb[(size_t)acts[t] * m.d + j] +
-                              w->pos_emb[(size_t)(L - t) * m.d + j]
-                        : 0.0f;
-    }
+    for (int t = quad_row(); t < L; t += TM)
+        embed_row<DP>(w, items[t], w->action_emb + (size_t)acts[t] * m.d, w->pos_emb + (size_t)(L - t) * m.d,
+                      xb + (size_t)t * DP);
     __syncthreads();
     for (int l = 0; l < m.n_layers; l++) {
         __half *kvl = kv_at(kv, m, b, l);
@@ -716,28 +733,9 @@ __global__ void __launch_bounds__(THREADS, GP_CAND_MINB) cand_kernel(const gp_we
     c.rows = tile.z;
     const int L = bt.n_hist[b];
     float *x = c.xs();
-    { /* candidate rows: item_emb[cand] + pos_emb[0], a quad per row, 4 columns a step */
-        const int r = quad_row(), q = threadIdx.x & 3;
-        const int item = r < c.rows ? bt.cands[first + r] : 0;
-        const int int8 = w->int8, dp = w->dp;
-        const int8_t *iq = w->item_q;
-        const float *ifl = w->item_f, *pos = w->pos_emb;
-        const float sc = int8 ? w->item_scale[item] : 0.0f;
-        float *xr = x + (size_t)r * xld(DP);
-        for (int j = q * 4; j < DP; j += 16) {
-            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (r < c.rows && j < m.d) { /* d is a multiple of 4 */
-                if (int8) {
-                    char4 e = *(const char4 *)&iq[(size_t)item * dp + j];
-                    v = make_float4((float)e.x * sc, (float)e.y * sc, (float)e.z * sc, (float)e.w * sc);
-                } else {
-                    v = make_float4(ifl[(size_t)item * m.d + j], ifl[(size_t)item * m.d + j + 1],
-                                    ifl[(size_t)item * m.d + j + 2], ifl[(size_t)item * m.d + j + 3]);
-                }
-                v.x += pos[j], v.y += pos[j + 1], v.z += pos[j + 2], v.w += pos[j + 3];
-            }
-            *(float4 *)&xr[j] = v;
-        }
+    { /* candidate rows: item_emb[cand] + pos_emb[0] */
+        const int r = quad_row();
+        embed_row<DP>(w, r < c.rows ? bt.cands[first + r] : -1, w->pos_emb, NULL, x + (size_t)r * xld(DP));
     }
     __syncthreads();
     for (int l = 0; l < m.n_layers; l++)
