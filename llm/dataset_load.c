@@ -29,6 +29,7 @@
 #include "llm/dataset.h"
 
 #include "common/err.h"
+#include "common/json.h"
 #include "common/strmap.h"
 
 #include <errno.h>
@@ -512,21 +513,6 @@ static int read_sequences(lm_dataset_builder *b, const char *path, char *err, si
 
 /* ---- JSON lines ------------------------------------------------------------- */
 
-static const char *json_type_name(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a real number";
-    case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    case JSON_NULL: return "null";
-    }
-    return "unknown";
-}
-
 /* The string field `key` of the event on the current line. */
 static int json_str(const lines *in, json_t *obj, const char *key, const char **out, char *err,
                     size_t errsz)
@@ -536,7 +522,7 @@ static int json_str(const lines *in, json_t *obj, const char *key, const char **
         return cm_errf(err, errsz, "%s:%lld: field \"%s\" is missing", in->path, in->lineno, key);
     if (!json_is_string(v))
         return cm_errf(err, errsz, "%s:%lld: field \"%s\" must be a string, not %s", in->path,
-                       in->lineno, key, json_type_name(v));
+                       in->lineno, key, cm_json_kind(v));
     *out = json_string_value(v);
     return 0;
 }
@@ -555,7 +541,7 @@ static int json_interaction(lm_dataset_builder *b, const lines *in, json_t *ev, 
         return cm_errf(err, errsz, "%s:%lld: field \"timestamp\" is missing", in->path, in->lineno);
     if (!json_is_integer(ts))
         return cm_errf(err, errsz, "%s:%lld: field \"timestamp\" must be an integer (ms), not %s",
-                       in->path, in->lineno, json_type_name(ts));
+                       in->path, in->lineno, cm_json_kind(ts));
     if (lm_dataset_builder_add(b, user, item, type, json_integer_value(ts), msg, sizeof msg) < 0)
         return cm_errf(err, errsz, "%s:%lld: %s", in->path, in->lineno, msg);
     return 0;
@@ -581,7 +567,7 @@ static int json_line(lm_dataset_builder *b, const lines *in, const char *s, size
                        je.column);
     if (!json_is_object(ev))
         cm_errf(err, errsz, "%s:%lld: event is %s, expected an object", in->path, in->lineno,
-                json_type_name(ev));
+                cm_json_kind(ev));
     else if (json_str(in, ev, "event", &kind, err, errsz) < 0)
         ;
     else if (strcmp(kind, "interaction") == 0)

@@ -33,6 +33,7 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "common/json.h"
 
 #define QUOTE_MAX 64 /* bytes of an input string repeated in a reason */
 /* A printable copy of at most JSON_ERROR_TEXT_LENGTH bytes, each up to 4. */
@@ -104,21 +105,6 @@ void svc_parser_free(svc_parser *p)
 
 /* ---- reasons ------------------------------------------------------------------ */
 
-static const char *json_kind(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a real number";
-    case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    case JSON_NULL: return "null";
-    }
-    return "an unknown value";
-}
-
 /* Copies at most `max` (<= JSON_ERROR_TEXT_LENGTH) bytes of s[0..len) into
  * out[PRINTABLE_SZ] for a reason: control bytes (and with `ascii`, every
  * byte >= 0x80) as \xNN; a cut falls on a UTF-8 boundary and ends in "...". */
@@ -183,7 +169,7 @@ static int wrong_type(fpath f, const char *want, const json_t *v, char *reason, 
 {
     char name[64];
     return cm_errf(reason, rsz, "field \"%s\" must be %s, got %s", fpath_str(name, f), want,
-                   json_kind(v));
+                   cm_json_kind(v));
 }
 
 /* ---- fields --------------------------------------------------------------------- */
@@ -227,7 +213,7 @@ static int get_timestamp(const json_t *obj, int64_t *out, char *reason, size_t r
     if (!json_is_integer(v))
         return cm_errf(reason, rsz,
                        "field \"timestamp\" must be an integer (ms since the epoch), got %s",
-                       json_kind(v));
+                       cm_json_kind(v));
     json_int_t t = json_integer_value(v);
     if (t < 0)
         return cm_errf(reason, rsz, "field \"timestamp\" is %lld, must be >= 0", (long long)t);
@@ -407,7 +393,7 @@ static int parse_event(svc_parser *p, const json_t *root, svc_event *ev, char *r
                        size_t rsz)
 {
     if (!json_is_object(root))
-        return cm_errf(reason, rsz, "event must be a JSON object, got %s", json_kind(root));
+        return cm_errf(reason, rsz, "event must be a JSON object, got %s", cm_json_kind(root));
     if (parse_kind(root, &ev->kind, reason, rsz) < 0 ||
         get_id(root, top("id"), &ev->id, reason, rsz) < 0 ||
         get_timestamp(root, &ev->timestamp, reason, rsz) < 0)
