@@ -32,6 +32,7 @@
 #include <stdlib.h>
 
 #include "common/err.h"
+#include "gpu/fast.cuh"
 #include "gpu/internal.cuh"
 
 namespace {
@@ -768,6 +769,7 @@ struct gp_score {
     __half *kv; /* [max_batch, n_layers] blocks of kv_block halves */
     void (*hist)(const gp_weights *, gp_batch, float *, __half *);
     void (*cand)(const gp_weights *, gp_batch, const __half *);
+    gp_fast *fast; /* int8 models of the shapes gpu/fast.cu takes; else NULL */
 };
 
 template <typename T, int DP> static void pick(gp_score *s)
@@ -795,6 +797,7 @@ void gp_score_free(gp_score *s)
 {
     if (!s)
         return;
+    gp_fast_free(s->fast);
     cudaFree(s->xh);
     cudaFree(s->kv);
     free(s);
@@ -821,6 +824,18 @@ int gp_score_new(gp_score **out, const gp_weights *w, const gp_weights *d_w, int
     if ((w->int8 ? pick_dp<int8_t>(s) : pick_dp<__half>(s)) != 0) {
         gp_score_free(s);
         return cm_errf(err, errsz, "gpu scorer: d_model %d is over the engine's 256", w->cfg.d_model);
+    }
+    { /* RANKD_GPU_GENERIC=1 keeps these kernels, for comparisons */
+        char why[128];
+        const char *gen = getenv("RANKD_GPU_GENERIC");
+        if (!(gen && *gen == '1') && gp_fast_supports(w, why, sizeof why)) {
+            if (gp_fast_new(&s->fast, w, max_batch, err, errsz)) {
+                gp_score_free(s);
+                return -1;
+            }
+            *out = s;
+            return 0;
+        }
     }
     s->smem = smem_layout(m, s->dp, s->esz).total;
     int dev = 0, optin = 0;
@@ -856,6 +871,8 @@ int gp_score_run(gp_score *s, cudaStream_t st, const gp_batch *b, char *err, siz
         return cm_errf(err, errsz, "gpu scorer: batch of %d, at most %d", b->B, s->max_batch);
     if (b->B == 0)
         return 0;
+    if (s->fast)
+        return gp_fast_run(s->fast, st, b, err, errsz);
     s->hist<<<b->B, THREADS, s->smem, st>>>(s->d_w, *b, s->xh, s->kv);
     if (gp_cuda_err(cudaGetLastError(), "history kernel", err, errsz))
         return -1;

@@ -1,0 +1,816 @@
+/* gpu/fast.cu — the int8 scoring path for the shapes that serving uses
+ * (d_model 64, 128 or 256 with heads of 16, 32 or 64; d_ffn a multiple of
+ * 128; histories of at most 64 events): the same two passes as
+ * gpu/score.cu, written so that each warp carries its own 16 rows through a
+ * whole layer with no shared-memory round trip between the products.
+ *
+ * The trick that allows it: an m16n8 accumulator holds, per thread, the
+ * columns that an A fragment of the next product needs, up to a fixed
+ * permutation pi inside every 32 columns (int8 m16n8k32; fp16 m16n8k16 needs
+ * none). The weights are stored with their input columns permuted by pi,
+ * and in fragment order (one 16-byte load per lane gives the B fragments of
+ * two k-steps), so every product reads its A operand straight from the
+ * previous one's registers:
+ *
+ *   LN1(x) -> A (int8, per row)        registers
+ *   per head: q k v = A Wqkv^T          int8 MMA, dequantized in registers
+ *   S = q K^T, softmax, O = P V         fp16 MMA; K, V of the user's
+ *                                        history in shared memory
+ *   x += out(O)                         O quantized per row in registers
+ *   LN2(x) -> A; per 128 FFN columns:   up, GELU, quantize, down: registers
+ *
+ * The residual x, the attention output and q wait in a warp's own slice of
+ * shared memory between phases (no barrier needed), so a block of 4 warps
+ * (64 rows) meets at a barrier only around the keys and values it shares.
+ * The arithmetic is gpu/score.cu's (the CPU's W8A8 rule, the FFN's hidden
+ * layer quantized per 128 columns); only the order of some float sums
+ * differs. make test-gpu checks both against the CPU. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "common/err.h"
+#include "gpu/fast.cuh"
+
+namespace {
+
+constexpr int WARPS = 4, THREADS = 32 * WARPS, ROWS = 16 * WARPS, MAXK = 64;
+static_assert(ROWS == GP_TILE, "a candidate tile is one block");
+static_assert(MAXK == ROWS, "a history is one block");
+
+/* ---- the model in the fast layouts ---------------------------------------------------- */
+
+struct FLayer {
+    const uint4 *qkv, *out, *up, *down; /* fragment order, input columns permuted */
+    const float *qkv_s, *qkv_b;         /* [3d] in head order: per head q, k, v */
+    const float *out_s, *out_b, *up_s, *up_b, *down_s, *down_b;
+    const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+};
+
+struct FW {
+    FLayer L[LM_MAX_LAYERS];
+    int n_layers, f, max_hist, dp;
+    const int8_t *item_q;
+    const float *item_scale, *action_emb, *pos_emb, *lnf_w, *lnf_b, *head_w;
+    float head_b;
+};
+
+template <int D, int DH> struct Cfg {
+    static constexpr int H = D / DH;     /* heads */
+    static constexpr int NT = D / 8;     /* n8 tiles of a row */
+    static constexpr int KS = D / 32;    /* int8 k-steps of a row */
+    static constexpr int HNT = DH / 8;   /* n8 tiles of a head */
+    static constexpr int QK = DH / 16;   /* fp16 k-steps of a head */
+    static constexpr int LDK = DH + 8;   /* halves per key row: ldmatrix rows on distinct banks */
+    static constexpr size_t kv_bytes = (size_t)2 * H * MAXK * LDK * 2;
+    static constexpr size_t xs_bytes = (size_t)NT * 32 * 16; /* fp32 residual, accumulator layout */
+    static constexpr size_t ov_bytes = (size_t)NT * 32 * 8;  /* fp16 v_self, then O */
+    static constexpr size_t qs_bytes = (size_t)H * QK * 32 * 16;
+    static constexpr size_t ss_bytes = (size_t)H * 32 * 8; /* self scores, rows g and g + 8 */
+    static constexpr size_t warp_bytes = xs_bytes + ov_bytes + qs_bytes + ss_bytes;
+    static constexpr size_t smem = kv_bytes + WARPS * warp_bytes;
+    static_assert(D % 64 == 0 && DH % 16 == 0 && D % DH == 0, "fast-path shape");
+};
+
+/* ---- instructions ------------------------------------------------------------------------- */
+
+__device__ __forceinline__ void mma_s8(int (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void mma_f16(float (&c)[4], const uint4 &a, uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint4 ldsm_x4(const void *p, bool trans)
+{
+    unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    uint4 r;
+    if (trans)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                     : "r"(s));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                     : "r"(s));
+    return r;
+}
+
+__device__ __forceinline__ void cp_async16(void *dst, const void *src)
+{
+    unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
+}
+
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::); }
+
+__device__ __forceinline__ uint32_t h2u(float a, float b)
+{
+    __half2 h = __floats2half2_rn(a, b);
+    return *(uint32_t *)&h;
+}
+
+__device__ __forceinline__ float2 u2f(uint32_t u)
+{
+    __half2 h = *(__half2 *)&u;
+    return __half22float2(h);
+}
+
+/* 2^x by the hardware (2^-inf = 0), as softmax needs it */
+__device__ __forceinline__ float ex2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+__device__ __forceinline__ float quad_sum(float v)
+{
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+__device__ __forceinline__ float quad_max(float v)
+{
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
+/* ---- int8 rows in the accumulator layout ------------------------------------------------ */
+
+/* lm_quantize_row_ref's rule for a row whose |max| is amax: the factor v is
+ * multiplied by and the row's scale. */
+struct Quant {
+    float mul, scale;
+};
+
+__device__ __forceinline__ Quant quant_of(float amax)
+{
+    const float boost = amax < 0x1p-100f ? 0x1p100f : 1.0f;
+    Quant q;
+    q.mul = amax != 0.0f ? boost * (127.0f / (amax * boost)) : 0.0f;
+    q.scale = amax == 0.0f ? 0.0f : amax / 127.0f;
+    return q;
+}
+
+__device__ __forceinline__ uint32_t q8x4(float a, float b, float c, float d, float mul)
+{
+    int r0, r1, r2, r3;
+    asm("cvt.rni.sat.s8.f32 %0, %1;" : "=r"(r0) : "f"(a * mul));
+    asm("cvt.rni.sat.s8.f32 %0, %1;" : "=r"(r1) : "f"(b * mul));
+    asm("cvt.rni.sat.s8.f32 %0, %1;" : "=r"(r2) : "f"(c * mul));
+    asm("cvt.rni.sat.s8.f32 %0, %1;" : "=r"(r3) : "f"(d * mul));
+    return (uint32_t)(r0 & 0xff) | (uint32_t)(r1 & 0xff) << 8 | (uint32_t)(r2 & 0xff) << 16 | (uint32_t)r3 << 24;
+}
+
+/* The A fragment of k-step ks from accumulator-layout values v of n8 tiles
+ * 4ks..4ks+3 (x, y: row g; z, w: row g + 8), in pi order. */
+__device__ __forceinline__ void afrag(uint32_t (&a)[4], const float4 &v0, const float4 &v1, const float4 &v2,
+                                      const float4 &v3, float m0, float m1)
+{
+    a[0] = q8x4(v0.x, v0.y, v1.x, v1.y, m0);
+    a[1] = q8x4(v0.z, v0.w, v1.z, v1.w, m1);
+    a[2] = q8x4(v2.x, v2.y, v3.x, v3.y, m0);
+    a[3] = q8x4(v2.z, v2.w, v3.z, v3.w, m1);
+}
+
+/* acc[j] += A . W^T for n8 tiles nt0 + j of W (fragment order, kpt k-pairs
+ * per tile), over KSL k-steps from k-pair kp0. */
+template <int NTL, int KSL>
+__device__ __forceinline__ void mma_tiles(int (&acc)[NTL][4], const uint32_t (&a)[KSL][4], const uint4 *__restrict__ W,
+                                          int kpt, int nt0, int kp0)
+{
+    static_assert(KSL % 2 == 0, "k-steps come in pairs");
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int j = 0; j < NTL; j++) {
+        const uint4 *w = W + ((size_t)(nt0 + j) * kpt + kp0) * 32 + lane;
+#pragma unroll
+        for (int p = 0; p < KSL / 2; p++) {
+            const uint4 b = __ldg(w + p * 32);
+            mma_s8(acc[j], a[2 * p], b.x, b.y);
+            mma_s8(acc[j], a[2 * p + 1], b.z, b.w);
+        }
+    }
+}
+
+template <int N> __device__ __forceinline__ void zero(int (&acc)[N][4])
+{
+#pragma unroll
+    for (int j = 0; j < N; j++)
+        acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0;
+}
+
+/* (float)sum * (s_row * s_col) + bias for tile j's four accumulators;
+ * s, b: the column pair's scales and biases. */
+__device__ __forceinline__ float4 deq(const int (&c)[4], float r0, float r1, float2 s, float2 b)
+{
+    return make_float4((float)c[0] * (r0 * s.x) + b.x, (float)c[1] * (r0 * s.y) + b.y, (float)c[2] * (r1 * s.x) + b.x,
+                       (float)c[3] * (r1 * s.y) + b.y);
+}
+
+__device__ __forceinline__ float2 ldg2(const float *p) { return __ldg((const float2 *)p); }
+
+/* ---- LayerNorm of the warp's rows ----------------------------------------------------------- */
+
+struct Moments {
+    float m0, r0, m1, r1; /* mean and 1/std of rows g and g + 8 */
+};
+
+template <int NT> __device__ __forceinline__ Moments moments(const float4 *xs)
+{
+    const int lane = threadIdx.x & 31;
+    float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        const float4 v = xs[j * 32 + lane];
+        s0 += v.x + v.y;
+        s1 += v.z + v.w;
+    }
+    Moments mo;
+    mo.m0 = quad_sum(s0) * (1.0f / (8 * NT));
+    mo.m1 = quad_sum(s1) * (1.0f / (8 * NT));
+    float v0 = 0.0f, v1 = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        const float4 v = xs[j * 32 + lane];
+        v0 += (v.x - mo.m0) * (v.x - mo.m0) + (v.y - mo.m0) * (v.y - mo.m0);
+        v1 += (v.z - mo.m1) * (v.z - mo.m1) + (v.w - mo.m1) * (v.w - mo.m1);
+    }
+    mo.r0 = 1.0f / sqrtf(quad_sum(v0) * (1.0f / (8 * NT)) + 1e-5f);
+    mo.r1 = 1.0f / sqrtf(quad_sum(v1) * (1.0f / (8 * NT)) + 1e-5f);
+    return mo;
+}
+
+template <int NT>
+__device__ __forceinline__ float4 ln_at(const float4 *xs, const Moments &mo, const float *w, const float *b, int j)
+{
+    const int lane = threadIdx.x & 31;
+    const float4 v = xs[j * 32 + lane];
+    const int c = j * 8 + (lane & 3) * 2;
+    const float2 ww = ldg2(w + c), bb = ldg2(b + c);
+    return make_float4((v.x - mo.m0) * mo.r0 * ww.x + bb.x, (v.y - mo.m0) * mo.r0 * ww.y + bb.y,
+                       (v.z - mo.m1) * mo.r1 * ww.x + bb.x, (v.w - mo.m1) * mo.r1 * ww.y + bb.y);
+}
+
+/* A fragments of LN(x) for the warp's rows; sr: the two rows' scales. */
+template <int D>
+__device__ __forceinline__ void ln_quant(const float4 *xs, const float *w, const float *b, uint32_t (&a)[D / 32][4],
+                                         float &sr0, float &sr1)
+{
+    constexpr int NT = D / 8;
+    const Moments mo = moments<NT>(xs);
+    float am0 = 0.0f, am1 = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        const float4 y = ln_at<NT>(xs, mo, w, b, j);
+        am0 = fmaxf(am0, fmaxf(fabsf(y.x), fabsf(y.y)));
+        am1 = fmaxf(am1, fmaxf(fabsf(y.z), fabsf(y.w)));
+    }
+    const Quant q0 = quant_of(quad_max(am0)), q1 = quant_of(quad_max(am1));
+    sr0 = q0.scale;
+    sr1 = q1.scale;
+#pragma unroll
+    for (int ks = 0; ks < D / 32; ks++)
+        afrag(a[ks], ln_at<NT>(xs, mo, w, b, 4 * ks), ln_at<NT>(xs, mo, w, b, 4 * ks + 1),
+              ln_at<NT>(xs, mo, w, b, 4 * ks + 2), ln_at<NT>(xs, mo, w, b, 4 * ks + 3), q0.mul, q1.mul);
+}
+
+__device__ __forceinline__ float gelu(float y)
+{
+    float t;
+    asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(0.7978845608028654f * (0.044715f * y * y * y + y)));
+    return 0.5f * y * (1.0f + t);
+}
+
+/* ---- the kernel: one layer at a time for 64 rows ------------------------------------------------ */
+
+/* The key/value cache of user b, layer l: [2][H][MAXK][DH] halves. */
+template <int D> __device__ __forceinline__ size_t kv_off(int b, int n_layers, int l)
+{
+    return ((size_t)b * n_layers + l) * 2 * MAXK * D;
+}
+
+/* HIST: one block per user, row r = history token r (causal attention,
+ * keys and values written to the cache); else one block per tile of up to
+ * 64 candidates of one user (attention to the cached history and self). */
+template <int D, int DH, bool HIST>
+__global__ void __launch_bounds__(THREADS, HIST ? 1 : 2) fast_kernel(const FW *__restrict__ fw, gp_batch bt, __half *kvc)
+{
+    using C = Cfg<D, DH>;
+    constexpr int H = C::H, NT = C::NT, KS = C::KS, HNT = C::HNT, QK = C::QK, LDK = C::LDK;
+    extern __shared__ __align__(16) uint8_t sm[];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    __half *Ks = (__half *)sm;          /* [H][MAXK][LDK] */
+    __half *Vs = Ks + H * MAXK * LDK;   /* [H][MAXK][LDK] */
+    uint8_t *wp = sm + C::kv_bytes + warp * C::warp_bytes;
+    float4 *xs = (float4 *)wp;                           /* [NT][32] */
+    uint2 *ov = (uint2 *)(wp + C::xs_bytes);             /* [NT][32] */
+    uint4 *qs = (uint4 *)(wp + C::xs_bytes + C::ov_bytes); /* [H][QK][32] */
+    float2 *ssm = (float2 *)(wp + C::xs_bytes + C::ov_bytes + C::qs_bytes); /* [H][32] */
+
+    int b, first = 0, rows;
+    if (HIST) {
+        b = blockIdx.x;
+        rows = bt.n_hist[b];
+    } else {
+        const int4 tile = bt.tiles[blockIdx.x];
+        b = tile.x;
+        first = tile.y;
+        rows = tile.z;
+    }
+    const int L = bt.n_hist[b], nl = fw->n_layers;
+    if (HIST && L == 0) { /* u = LN_f(0) = ln_f.bias */
+        for (int i = threadIdx.x; i < D; i += THREADS)
+            bt.user_vec[(size_t)b * D + i] = fw->lnf_b[i];
+        return;
+    }
+    const bool live = warp * 16 < rows; /* rows past the last are never read: skip them */
+    const int tok0 = warp * 16 + g, tok1 = tok0 + 8;
+
+    if (live) { /* embeddings, in the accumulator layout */
+        int it0, it1;
+        const float *add0a, *add0b, *add1a = NULL, *add1b = NULL;
+        if (HIST) {
+            const int32_t *items = bt.hist_items + (size_t)b * fw->max_hist;
+            const int32_t *acts = bt.hist_actions + (size_t)b * fw->max_hist;
+            it0 = tok0 < L ? items[tok0] : -1;
+            it1 = tok1 < L ? items[tok1] : -1;
+            add0a = fw->action_emb + (size_t)(tok0 < L ? acts[tok0] : 0) * D;
+            add0b = fw->action_emb + (size_t)(tok1 < L ? acts[tok1] : 0) * D;
+            add1a = fw->pos_emb + (size_t)(tok0 < L ? L - tok0 : 0) * D;
+            add1b = fw->pos_emb + (size_t)(tok1 < L ? L - tok1 : 0) * D;
+        } else {
+            it0 = tok0 < rows ? bt.cands[first + tok0] : 0;
+            it1 = tok1 < rows ? bt.cands[first + tok1] : 0;
+            add0a = add0b = fw->pos_emb;
+        }
+        const int8_t *q0 = fw->item_q + (size_t)(it0 < 0 ? 0 : it0) * fw->dp;
+        const int8_t *q1 = fw->item_q + (size_t)(it1 < 0 ? 0 : it1) * fw->dp;
+        const float s0 = it0 < 0 ? 0.0f : __ldg(&fw->item_scale[it0]);
+        const float s1 = it1 < 0 ? 0.0f : __ldg(&fw->item_scale[it1]);
+#pragma unroll 4
+        for (int j = 0; j < NT; j++) {
+            const int c = j * 8 + t * 2;
+            const char2 e0 = *(const char2 *)&q0[c], e1 = *(const char2 *)&q1[c];
+            float2 a0 = ldg2(add0a + c), a1 = ldg2(add0b + c);
+            if (HIST) {
+                const float2 p0 = ldg2(add1a + c), p1 = ldg2(add1b + c);
+                a0.x += p0.x, a0.y += p0.y, a1.x += p1.x, a1.y += p1.y;
+            }
+            float4 v = make_float4((float)e0.x * s0 + a0.x, (float)e0.y * s0 + a0.y, (float)e1.x * s1 + a1.x,
+                                   (float)e1.y * s1 + a1.y);
+            if (it0 < 0)
+                v.x = v.y = 0.0f;
+            if (it1 < 0)
+                v.z = v.w = 0.0f;
+            xs[j * 32 + lane] = v;
+        }
+    }
+
+    const float sl2 = 1.4426950408889634f / sqrtf((float)DH); /* attention scale, log2 units */
+    for (int l = 0; l < nl; l++) {
+        const FLayer &ly = fw->L[l];
+        __half *kvl = kvc + kv_off<D>(b, nl, l);
+        const int nkr = HIST ? 0 : (L + 15) / 16 * 16; /* cached key rows a candidate reads */
+        if (!HIST) /* the user's keys and values (hh: K or V, then the head), while q k v are computed */
+            for (int i = threadIdx.x; i < 2 * H * nkr * (DH / 8); i += THREADS) {
+                const int c = i % (DH / 8), row = (i / (DH / 8)) % max(nkr, 1), hh = i / (DH / 8) / max(nkr, 1);
+                cp_async16(Ks + ((size_t)hh * MAXK + row) * LDK + c * 8, kvl + ((size_t)hh * MAXK + row) * DH + c * 8);
+            }
+        uint32_t a[KS][4];
+        float sr0 = 0.0f, sr1 = 0.0f;
+        if (live) {
+            ln_quant<D>(xs, ly.ln1_w, ly.ln1_b, a, sr0, sr1);
+            /* phase A: q k v per head */
+#pragma unroll 1
+            for (int h = 0; h < H; h++) {
+                int acc[3 * HNT][4];
+                zero(acc);
+                mma_tiles<3 * HNT, KS>(acc, a, ly.qkv, KS / 2, h * 3 * HNT, 0);
+                float4 v[3 * HNT];
+#pragma unroll
+                for (int j = 0; j < 3 * HNT; j++) {
+                    const int c = h * 3 * DH + j * 8 + t * 2;
+                    v[j] = deq(acc[j], sr0, sr1, ldg2(ly.qkv_s + c), ldg2(ly.qkv_b + c));
+                }
+#pragma unroll
+                for (int kk = 0; kk < QK; kk++)
+                    qs[(h * QK + kk) * 32 + lane] =
+                        make_uint4(h2u(v[2 * kk].x, v[2 * kk].y), h2u(v[2 * kk].z, v[2 * kk].w),
+                                   h2u(v[2 * kk + 1].x, v[2 * kk + 1].y), h2u(v[2 * kk + 1].z, v[2 * kk + 1].w));
+                if (HIST) {
+#pragma unroll
+                    for (int j = 0; j < HNT; j++) {
+                        const int c = j * 8 + t * 2;
+                        const float4 k = v[HNT + j], vv = v[2 * HNT + j];
+                        *(uint32_t *)&Ks[((size_t)h * MAXK + tok0) * LDK + c] = h2u(k.x, k.y);
+                        *(uint32_t *)&Ks[((size_t)h * MAXK + tok1) * LDK + c] = h2u(k.z, k.w);
+                        *(uint32_t *)&Vs[((size_t)h * MAXK + tok0) * LDK + c] = h2u(vv.x, vv.y);
+                        *(uint32_t *)&Vs[((size_t)h * MAXK + tok1) * LDK + c] = h2u(vv.z, vv.w);
+                    }
+                } else {
+                    float d0 = 0.0f, d1 = 0.0f;
+#pragma unroll
+                    for (int j = 0; j < HNT; j++) {
+                        const float4 q = v[j], k = v[HNT + j], vv = v[2 * HNT + j];
+                        d0 += q.x * k.x + q.y * k.y;
+                        d1 += q.z * k.z + q.w * k.w;
+                        ov[(h * HNT + j) * 32 + lane] = make_uint2(h2u(vv.x, vv.y), h2u(vv.z, vv.w));
+                    }
+                    ssm[h * 32 + lane] = make_float2(quad_sum(d0), quad_sum(d1));
+                }
+            }
+        }
+        if (!HIST)
+            cp_async_wait_all();
+        __syncthreads(); /* keys and values in shared memory */
+        if (HIST) /* to the cache, for the candidates */
+            for (int i = threadIdx.x; i < 2 * H * ROWS * (DH / 8); i += THREADS) {
+                const int c = i % (DH / 8), row = (i / (DH / 8)) % ROWS, hh = i / (DH / 8) / ROWS;
+                if (row < (L + 15) / 16 * 16)
+                    *(uint4 *)(kvl + ((size_t)hh * MAXK + row) * DH + c * 8) =
+                        *(const uint4 *)(Ks + ((size_t)hh * MAXK + row) * LDK + c * 8);
+            }
+        if (live) {
+            /* phase B: attention per head */
+            const int nkb = HIST ? warp + 1 : nkr / 16; /* 16-key blocks to read */
+#pragma unroll 1
+            for (int h = 0; h < H; h++) {
+                const __half *Kh = Ks + (size_t)h * MAXK * LDK, *Vh = Vs + (size_t)h * MAXK * LDK;
+                uint4 qf[QK];
+#pragma unroll
+                for (int kk = 0; kk < QK; kk++)
+                    qf[kk] = qs[(h * QK + kk) * 32 + lane];
+                float s[8][4];
+                const int mat = lane >> 3, mr = lane & 7;
+#pragma unroll
+                for (int kb = 0; kb < 4; kb++) {
+                    s[2 * kb][0] = s[2 * kb][1] = s[2 * kb][2] = s[2 * kb][3] = 0.0f;
+                    s[2 * kb + 1][0] = s[2 * kb + 1][1] = s[2 * kb + 1][2] = s[2 * kb + 1][3] = 0.0f;
+                    if (kb < nkb)
+#pragma unroll
+                        for (int kk = 0; kk < QK; kk++) {
+                            const uint4 bk = ldsm_x4(Kh + (size_t)(kb * 16 + (mat >> 1) * 8 + mr) * LDK + kk * 16 +
+                                                         (mat & 1) * 8,
+                                                     false);
+                            mma_f16(s[2 * kb], qf[kk], bk.x, bk.y);
+                            mma_f16(s[2 * kb + 1], qf[kk], bk.z, bk.w);
+                        }
+                }
+                const float2 ss = HIST ? make_float2(0.0f, 0.0f) : ssm[h * 32 + lane];
+                float mx0 = HIST ? -INFINITY : ss.x, mx1 = HIST ? -INFINITY : ss.y;
+#pragma unroll
+                for (int j = 0; j < 8; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int key = j * 8 + t * 2 + (e & 1), tok = e < 2 ? tok0 : tok1;
+                        const bool ok = j < 2 * nkb && (HIST ? key <= tok : key < L);
+                        s[j][e] = ok ? s[j][e] : -INFINITY;
+                        if (e < 2)
+                            mx0 = fmaxf(mx0, s[j][e]);
+                        else
+                            mx1 = fmaxf(mx1, s[j][e]);
+                    }
+                mx0 = quad_max(mx0);
+                mx1 = quad_max(mx1);
+                float l0 = 0.0f, l1 = 0.0f;
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    s[j][0] = ex2((s[j][0] - mx0) * sl2);
+                    s[j][1] = ex2((s[j][1] - mx0) * sl2);
+                    s[j][2] = ex2((s[j][2] - mx1) * sl2);
+                    s[j][3] = ex2((s[j][3] - mx1) * sl2);
+                    l0 += s[j][0] + s[j][1];
+                    l1 += s[j][2] + s[j][3];
+                }
+                const float ps0 = HIST ? 0.0f : ex2((ss.x - mx0) * sl2);
+                const float ps1 = HIST ? 0.0f : ex2((ss.y - mx1) * sl2);
+                const float i0 = 1.0f / (quad_sum(l0) + ps0), i1 = 1.0f / (quad_sum(l1) + ps1);
+                float o[HNT][4];
+#pragma unroll
+                for (int j = 0; j < HNT; j++)
+                    o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+#pragma unroll
+                for (int kb = 0; kb < 4; kb++)
+                    if (kb < nkb) {
+                        const uint4 pf = make_uint4(h2u(s[2 * kb][0], s[2 * kb][1]), h2u(s[2 * kb][2], s[2 * kb][3]),
+                                                    h2u(s[2 * kb + 1][0], s[2 * kb + 1][1]),
+                                                    h2u(s[2 * kb + 1][2], s[2 * kb + 1][3]));
+#pragma unroll
+                        for (int np = 0; np < HNT / 2; np++) {
+                            const uint4 bv = ldsm_x4(Vh + (size_t)(kb * 16 + (mat & 1) * 8 + mr) * LDK + np * 16 +
+                                                         (mat >> 1) * 8,
+                                                     true);
+                            mma_f16(o[2 * np], pf, bv.x, bv.y);
+                            mma_f16(o[2 * np + 1], pf, bv.z, bv.w);
+                        }
+                    }
+#pragma unroll
+                for (int j = 0; j < HNT; j++) {
+                    float2 v0 = make_float2(0.0f, 0.0f), v1 = v0;
+                    if (!HIST) {
+                        const uint2 u = ov[(h * HNT + j) * 32 + lane];
+                        v0 = u2f(u.x);
+                        v1 = u2f(u.y);
+                    }
+                    ov[(h * HNT + j) * 32 + lane] =
+                        make_uint2(h2u((o[j][0] + ps0 * v0.x) * i0, (o[j][1] + ps0 * v0.y) * i0),
+                                   h2u((o[j][2] + ps1 * v1.x) * i1, (o[j][3] + ps1 * v1.y) * i1));
+                }
+            }
+            /* x += out(O) */
+            {
+                float am0 = 0.0f, am1 = 0.0f;
+#pragma unroll
+                for (int j = 0; j < NT; j++) {
+                    const uint2 u = ov[j * 32 + lane];
+                    const float2 p = u2f(u.x), q = u2f(u.y);
+                    am0 = fmaxf(am0, fmaxf(fabsf(p.x), fabsf(p.y)));
+                    am1 = fmaxf(am1, fmaxf(fabsf(q.x), fabsf(q.y)));
+                }
+                const Quant q0 = quant_of(quad_max(am0)), q1 = quant_of(quad_max(am1));
+#pragma unroll
+                for (int ks = 0; ks < KS; ks++) {
+                    float4 v[4];
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        const uint2 u = ov[(4 * ks + i) * 32 + lane];
+                        const float2 p = u2f(u.x), q = u2f(u.y);
+                        v[i] = make_float4(p.x, p.y, q.x, q.y);
+                    }
+                    afrag(a[ks], v[0], v[1], v[2], v[3], q0.mul, q1.mul);
+                }
+#pragma unroll
+                for (int ng = 0; ng < NT / 8; ng++) {
+                    int acc[8][4];
+                    zero(acc);
+                    mma_tiles<8, KS>(acc, a, ly.out, KS / 2, ng * 8, 0);
+#pragma unroll
+                    for (int j = 0; j < 8; j++) {
+                        const int c = (ng * 8 + j) * 8 + t * 2;
+                        const float4 y = deq(acc[j], q0.scale, q1.scale, ldg2(ly.out_s + c), ldg2(ly.out_b + c));
+                        float4 &x = xs[(ng * 8 + j) * 32 + lane];
+                        x = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
+                    }
+                }
+            }
+            /* x += down(gelu(up(LN2(x)))), 128 hidden columns at a time */
+            ln_quant<D>(xs, ly.ln2_w, ly.ln2_b, a, sr0, sr1);
+#pragma unroll 1
+            for (int c0 = 0; c0 < fw->f; c0 += 128) {
+                int acc[16][4];
+                zero(acc);
+                mma_tiles<16, KS>(acc, a, ly.up, KS / 2, c0 / 8, 0);
+                float4 hv[16];
+                float am0 = 0.0f, am1 = 0.0f;
+#pragma unroll
+                for (int j = 0; j < 16; j++) {
+                    const int c = c0 + j * 8 + t * 2;
+                    const float4 y = deq(acc[j], sr0, sr1, ldg2(ly.up_s + c), ldg2(ly.up_b + c));
+                    hv[j] = make_float4(gelu(y.x), gelu(y.y), gelu(y.z), gelu(y.w));
+                    am0 = fmaxf(am0, fmaxf(fabsf(hv[j].x), fabsf(hv[j].y)));
+                    am1 = fmaxf(am1, fmaxf(fabsf(hv[j].z), fabsf(hv[j].w)));
+                }
+                const Quant q0 = quant_of(quad_max(am0)), q1 = quant_of(quad_max(am1));
+                uint32_t a2[4][4];
+#pragma unroll
+                for (int ks = 0; ks < 4; ks++)
+                    afrag(a2[ks], hv[4 * ks], hv[4 * ks + 1], hv[4 * ks + 2], hv[4 * ks + 3], q0.mul, q1.mul);
+#pragma unroll
+                for (int ng = 0; ng < NT / 8; ng++) {
+                    int dacc[8][4];
+                    zero(dacc);
+                    mma_tiles<8, 4>(dacc, a2, ly.down, fw->f / 64, ng * 8, c0 / 64);
+#pragma unroll
+                    for (int j = 0; j < 8; j++) {
+                        const int c = (ng * 8 + j) * 8 + t * 2;
+                        const float2 bb = c0 == 0 ? ldg2(ly.down_b + c) : make_float2(0.0f, 0.0f);
+                        const float4 y = deq(dacc[j], q0.scale, q1.scale, ldg2(ly.down_s + c), bb);
+                        float4 &x = xs[(ng * 8 + j) * 32 + lane];
+                        x = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
+                    }
+                }
+            }
+        }
+        __syncthreads(); /* the next layer overwrites the keys and values */
+    }
+    if (!live)
+        return;
+    const Moments mo = moments<NT>(xs);
+    if (HIST) { /* u = LN_f(x of the newest token) */
+        const int last = L - 1;
+        if (last >= warp * 16 && last < warp * 16 + 16) {
+            const bool lo = last == tok0, hi = last == tok1;
+            if (lo || hi)
+#pragma unroll 4
+                for (int j = 0; j < NT; j++) {
+                    const float4 y = ln_at<NT>(xs, mo, fw->lnf_w, fw->lnf_b, j);
+                    *(float2 *)&bt.user_vec[(size_t)b * D + j * 8 + t * 2] =
+                        lo ? make_float2(y.x, y.y) : make_float2(y.z, y.w);
+                }
+        }
+    } else { /* score = head . LN_f(x) + head_b */
+        float d0 = 0.0f, d1 = 0.0f;
+#pragma unroll 4
+        for (int j = 0; j < NT; j++) {
+            const float4 y = ln_at<NT>(xs, mo, fw->lnf_w, fw->lnf_b, j);
+            const float2 hw = ldg2(fw->head_w + j * 8 + t * 2);
+            d0 += y.x * hw.x + y.y * hw.y;
+            d1 += y.z * hw.x + y.w * hw.y;
+        }
+        d0 = quad_sum(d0);
+        d1 = quad_sum(d1);
+        if (t == 0) {
+            if (tok0 < rows)
+                bt.scores[first + tok0] = d0 + fw->head_b;
+            if (tok1 < rows)
+                bt.scores[first + tok1] = d1 + fw->head_b;
+        }
+    }
+}
+
+/* ---- one-time conversion of the weights ----------------------------------------------------------- */
+
+/* pi: A-fragment position p (0..31) of a k-step -> the input column (0..31)
+ * whose value the accumulator layout puts there. */
+__host__ __device__ inline int pi32(int p)
+{
+    const int hi = p & 16, q = p & 15, t = q >> 2, i = q & 3;
+    return hi + (i < 2 ? 2 * t + i : 8 + 2 * t + i - 2);
+}
+
+/* Wf[(nt * kpt + kp) * 32 + lane] from W [rows, kp_bytes] row-major int8:
+ * row n of Wf is row perm(n) of W (perm: identity, or the head order of
+ * the qkv rows when d > 0). */
+__global__ void to_fragments(const int8_t *W, int ldw, int n_rows, int k, int d, int dh, uint4 *Wf)
+{
+    const int kpt = k / 64, total = n_rows / 8 * kpt * 32;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const int lane = i % 32, kp = i / 32 % kpt, nt = i / 32 / kpt, g = lane >> 2, t = lane & 3;
+        int n = nt * 8 + g;
+        if (d > 0) { /* head order: h, then q k v, then the head's column */
+            const int h = n / (3 * dh), s = n / dh % 3, c = n % dh;
+            n = s * d + h * dh + c;
+        }
+        uint32_t w[4];
+        for (int r = 0; r < 4; r++) { /* b0, b1 of k-step 2kp, then of 2kp + 1 */
+            const int k0 = (2 * kp + (r >> 1)) * 32 + (r & 1) * 16;
+            uint32_t v = 0;
+            for (int byte = 0; byte < 4; byte++)
+                v |= (uint32_t)(uint8_t)W[(size_t)n * ldw + k0 + pi32(4 * t + byte)] << (8 * byte);
+            w[r] = v;
+        }
+        Wf[i] = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+}
+
+/* qkv scales and biases into head order. */
+__global__ void to_head_order(const float *src, int d, int dh, float *dst)
+{
+    for (int n = blockIdx.x * blockDim.x + threadIdx.x; n < 3 * d; n += gridDim.x * blockDim.x) {
+        const int h = n / (3 * dh), s = n / dh % 3, c = n % dh;
+        dst[n] = src[s * d + h * dh + c];
+    }
+}
+
+typedef void (*kern_t)(const FW *, gp_batch, __half *);
+
+} // namespace
+
+struct gp_fast {
+    FW w;      /* device pointers, host copy */
+    FW *d_w;
+    void *pool; /* every buffer below d_w, one allocation */
+    __half *kv;
+    size_t smem;
+    kern_t hist, cand;
+};
+
+template <int D, int DH> static void pick(gp_fast *f)
+{
+    f->hist = fast_kernel<D, DH, true>;
+    f->cand = fast_kernel<D, DH, false>;
+    f->smem = Cfg<D, DH>::smem;
+}
+
+int gp_fast_supports(const gp_weights *w, char *why, size_t whysz)
+{
+    const lm_config *c = &w->cfg;
+    const int dh = c->n_heads > 0 ? c->d_model / c->n_heads : 0;
+    const struct {
+        bool ok;
+        const char *msg;
+    } rules[] = {
+        {w->int8 != 0, "the model is not int8"},
+        {(c->d_model == 64 && dh == 16) || (c->d_model == 128 && dh == 32) || (c->d_model == 256 && dh == 64),
+         "d_model/heads is not 64/4, 128/4 or 256/4"},
+        {c->d_ffn % 128 == 0, "d_ffn is not a multiple of 128"},
+        {c->max_hist <= MAXK, "max_hist is over 64"},
+    };
+    for (size_t i = 0; i < sizeof rules / sizeof rules[0]; i++)
+        if (!rules[i].ok) {
+            snprintf(why, whysz, "%s", rules[i].msg);
+            return 0;
+        }
+    return 1;
+}
+
+void gp_fast_free(gp_fast *f)
+{
+    if (!f)
+        return;
+    cudaFree(f->pool);
+    cudaFree(f->kv);
+    free(f);
+}
+
+int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, size_t errsz)
+{
+    *out = NULL;
+    const lm_config *c = &w->cfg;
+    const int d = c->d_model, dh = d / c->n_heads, f = c->d_ffn, nl = c->n_layers;
+    gp_fast *s = (gp_fast *)calloc(1, sizeof *s);
+    if (!s)
+        return cm_errf(err, errsz, "gpu fast path: out of memory");
+    if (d == 64)
+        pick<64, 16>(s);
+    else if (d == 128)
+        pick<128, 32>(s);
+    else
+        pick<256, 64>(s);
+    /* per layer: four fragment-order matrices (d x 3d, d x d, d x f, f x d
+     * bytes) and the qkv scales and biases in head order */
+    const size_t mat = (size_t)3 * d * d + (size_t)d * d + 2 * (size_t)d * f, vec = sizeof(float) * 6 * d;
+    const size_t per_layer = mat + vec;
+    uint8_t *p = NULL;
+    FW &fw = s->w;
+    GP_TRY(cudaMalloc(&s->pool, per_layer * nl + sizeof(FW)), "fast-path weights");
+    p = (uint8_t *)s->pool;
+    for (int l = 0; l < nl; l++) {
+        const gp_layer &g = w->layers[l];
+        FLayer &fl = fw.L[l];
+        uint4 *qkv = (uint4 *)p, *o = (uint4 *)(p + (size_t)3 * d * d), *up = (uint4 *)(p + (size_t)4 * d * d),
+              *down = (uint4 *)(p + (size_t)4 * d * d + (size_t)d * f);
+        float *qs = (float *)(p + mat), *qb = qs + 3 * d;
+        p += per_layer;
+        to_fragments<<<64, 256>>>(g.qkv.q, g.qkv.kp, 3 * d, d, d, dh, qkv);
+        to_fragments<<<64, 256>>>(g.out.q, g.out.kp, d, d, 0, 0, o);
+        to_fragments<<<64, 256>>>(g.up.q, g.up.kp, f, d, 0, 0, up);
+        to_fragments<<<64, 256>>>(g.down.q, g.down.kp, d, f, 0, 0, down);
+        to_head_order<<<4, 256>>>(g.qkv.scale, d, dh, qs);
+        to_head_order<<<4, 256>>>(g.qkv.bias, d, dh, qb);
+        GP_TRY(cudaGetLastError(), "fast-path weight conversion");
+        fl = (FLayer){qkv, o, up, down, qs, qb, g.out.scale, g.out.bias, g.up.scale, g.up.bias, g.down.scale,
+                      g.down.bias, g.ln1_w, g.ln1_b, g.ln2_w, g.ln2_b};
+    }
+    fw.n_layers = nl;
+    fw.f = f;
+    fw.max_hist = c->max_hist;
+    fw.dp = w->dp;
+    fw.item_q = w->item_q;
+    fw.item_scale = w->item_scale;
+    fw.action_emb = w->action_emb;
+    fw.pos_emb = w->pos_emb;
+    fw.lnf_w = w->lnf_w;
+    fw.lnf_b = w->lnf_b;
+    fw.head_w = w->head_w;
+    fw.head_b = w->head_b;
+    s->d_w = (FW *)p;
+    GP_TRY(cudaMemcpy(s->d_w, &fw, sizeof fw, cudaMemcpyHostToDevice), "fast-path weights");
+    GP_TRY(cudaMalloc(&s->kv, sizeof(__half) * (size_t)max_batch * nl * 2 * MAXK * d), "key/value cache");
+    GP_TRY(cudaFuncSetAttribute((const void *)s->hist, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s->smem),
+           "shared memory of the history kernel");
+    GP_TRY(cudaFuncSetAttribute((const void *)s->cand, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s->smem),
+           "shared memory of the candidate kernel");
+    GP_TRY(cudaDeviceSynchronize(), "fast-path weight conversion");
+    *out = s;
+    return 0;
+fail:
+    gp_fast_free(s);
+    return -1;
+}
+
+int gp_fast_run(gp_fast *s, cudaStream_t st, const gp_batch *b, char *err, size_t errsz)
+{
+    if (b->B == 0)
+        return 0;
+    s->hist<<<b->B, THREADS, s->smem, st>>>(s->d_w, *b, s->kv);
+    if (gp_cuda_err(cudaGetLastError(), "history kernel", err, errsz))
+        return -1;
+    if (b->n_tiles > 0) {
+        s->cand<<<b->n_tiles, THREADS, s->smem, st>>>(s->d_w, *b, s->kv);
+        if (gp_cuda_err(cudaGetLastError(), "candidate kernel", err, errsz))
+            return -1;
+    }
+    return 0;
+}
