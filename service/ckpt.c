@@ -102,7 +102,8 @@ static int sync_dir(const char *path, char *err, size_t errsz)
     char buf[4096];
     snprintf(buf, sizeof buf, "%s", path);
     int fd = open(dirname(buf), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int rc = fd >= 0 && fsync(fd) == 0 ? 0 : cm_errf(err, errsz, "%s: fsync of its directory: %s", path, strerror(errno));
+    int rc = fd >= 0 && fsync(fd) == 0 ? 0
+                                       : cm_errf(err, errsz, "%s: fsync of its directory: %s", path, strerror(errno));
     if (fd >= 0)
         close(fd);
     return rc;

@@ -388,7 +388,6 @@ static int checkpoint(rescore *r, char *err, size_t errsz)
     if (sync_output(r, err, errsz))
         return -1;
     hook(r, SVC_RS_SYNCED);
-    r->done.out_len = r->producer ? 0 : r->out_total;
     if (svc_ckpt_save(&r->done, r->ckpt_path, err, errsz))
         return -1;
     hook(r, SVC_RS_CHECKPOINTED);
@@ -505,6 +504,10 @@ static int run_chunk(rescore *r, char *err, size_t errsz)
         return -1;
     if (r->producer)
         rd_kafka_poll(r->producer, 0);
+    /* out_len moves with the position, at the end of a whole chunk: a chunk
+     * that fails half-written (its first bytes may be in the file) must not
+     * be counted by a checkpoint taken after the failure */
+    r->cur.out_len = r->out_total;
     r->done = r->cur;
     hook(r, SVC_RS_WRITTEN);
     return 0;
@@ -876,8 +879,8 @@ static void print_bad(void *ctx, const char *where, const char *reason)
                 c->tty ? "\r\033[K" : "", BAD_SHOWN);
 }
 
-static const char USAGE[] = "rankd rescore (--input FILE | --input-topic T | --scan) (--output FILE | --output-topic T) "
-                            "[options]";
+static const char USAGE[] = "rankd rescore (--input FILE | --input-topic T | --scan) "
+                            "(--output FILE | --output-topic T) [options]";
 
 int svc_cmd_rescore(int argc, char **argv)
 {
@@ -891,7 +894,7 @@ int svc_cmd_rescore(int argc, char **argv)
         {"scan", ARG_FLAG, &o.scan, 0, 0, "or every user with a history in Redis (retrieval)"},
         {"output", ARG_STR, &o.output, 0, 0, "JSON-lines file of ranked lists"},
         {"output-topic", ARG_STR, &o.output_topic, 0, 0, "or a topic (at-least-once)"},
-        {"checkpoint", ARG_STR, &o.checkpoint, 0, 0, "checkpoint file (default OUTPUT.ckpt; needed with --output-topic)"},
+        {"checkpoint", ARG_STR, &o.checkpoint, 0, 0, "checkpoint (default OUTPUT.ckpt; needed with --output-topic)"},
         {"restart", ARG_FLAG, &o.restart, 0, 0, "forget the checkpoint and start over (truncates OUTPUT)"},
         {"batch", ARG_INT, &o.batch, 1, 65536, "requests per scorer call (default 512)"},
         {"k", ARG_INT, &o.k, 1, 100000, "items per ranked list (default ranking.k)"},
