@@ -8,6 +8,9 @@
  *               100 re-ranked, top 10 published)
  *   latency:    a fixed offered load of triggering interactions; end-to-end
  *               latency from produce to the ranked list consumed
+ *   rescore:    `rankd rescore` on a file of ranking requests of 100 given
+ *               candidates each (the users' histories from the phases
+ *               before), file out, every core, no broker running
  *
  * Model: a student-sized int8 ranker-v1 (d_model 64, 2 layers, 10,000 items)
  * with random weights: speed does not depend on what the weights learned.
@@ -38,6 +41,7 @@
 #include "llm/train_model.h"
 #include "ranker/batcher.h"
 #include "service/config.h"
+#include "service/rescore.h"
 #include "service/serve.h"
 
 #define N_ITEMS 10000
@@ -393,6 +397,48 @@ static void bench_ingest(phase *ph)
     fflush(stdout);
 }
 
+/* Requests/s of rankd rescore, file to file, at the scorer's full
+ * throughput on this CPU: batches of 512, every core (the broker and the
+ * service of the other phases are gone by now). 4,000 requests: a few
+ * seconds on a 2-core machine. */
+static void bench_rescore(const char *int8)
+{
+    const int n = 4000, m = 100;
+    char in[300], out[300], yaml[300], err[CM_ERRSZ];
+    snprintf(in, sizeof in, "%s/rescore.in.jsonl", dir);
+    snprintf(out, sizeof out, "%s/rescore.out.jsonl", dir);
+    snprintf(yaml, sizeof yaml, "%s/rescore.yaml", dir);
+    FILE *f = fopen(in, "w");
+    if (!f)
+        die("cannot write the rescore input");
+    for (int q = 0; q < n; q++) {
+        int u = (int)(((unsigned)q * 2654435761u) % N_USERS);
+        fprintf(f, "{\"event\":\"ranking\",\"id\":\"r%d\",\"timestamp\":%d,\"user\":\"u%d\",\"items\":[", q, q, u);
+        for (int j = 0; j < m; j++)
+            fprintf(f, "%s{\"id\":\"i%d\"}", j ? "," : "", 1 + (int)(((unsigned)(q * m + j) * 40503u) % (N_ITEMS - 1)));
+        fprintf(f, "]}\n");
+    }
+    fclose(f);
+    f = fopen(yaml, "w");
+    fprintf(f, "redis:\n  port: %d\nmodel:\n  path: \"%s\"\n  device: cpu\n  threads: 0\n"
+               "ranking:\n  k: 10\n  max_candidates: 100\nlogging:\n  level: warn\n", redis_port, int8);
+    fclose(f);
+    svc_config rc;
+    if (svc_config_load(&rc, yaml, err, sizeof err))
+        die(err);
+    svc_rescore_opts o = {.input = in, .output = out, .batch = 512, .restart = 1};
+    svc_rescore_stats st;
+    volatile sig_atomic_t never = 0;
+    if (svc_rescore(&rc, &o, &never, &st, err, sizeof err) != 0)
+        die(err);
+    printf("{\"bench\": \"rescore\", \"requests\": %lld, \"candidates\": %d, \"ranked\": %lld, \"seconds\": %.2f, "
+           "\"requests_per_s\": %.0f, \"cand_per_s\": %.0f, \"device\": \"%s\"}\n", (long long)st.read, m,
+           (long long)st.ranked, st.seconds, (double)st.ranked / st.seconds, (double)st.ranked * m / st.seconds,
+           st.device);
+    fflush(stdout);
+    svc_config_free(&rc);
+}
+
 int main(void)
 {
     snprintf(dir, sizeof dir, "/tmp/rankd-bench.XXXXXX");
@@ -419,6 +465,7 @@ int main(void)
     phase_start(&ph, int8, yaml);
     bench_ingest(&ph);
     phase_stop(&ph);
+    bench_rescore(int8);
     kill(redis_pid, SIGTERM);
     waitpid(redis_pid, NULL, 0);
     char rm[300];

@@ -41,6 +41,11 @@ if svc:
               f"({r['ranked']:,} of {r['events']:,} answered); inside rankd (consume to produce): "
               f"p50 {r['inside_p50_us'] / 1e3:.2f} ms, p99 {r['inside_p99_us'] / 1e3:.2f} ms")
 
+for r in (r for r in rankd if r["bench"] == "rescore"):
+    print(f"\n== rankd rescore (file in, file out, Redis histories, {r['device']})")
+    print(f"{r['ranked']:,} requests of {r['candidates']} candidates in {r['seconds']:.2f} s: "
+          f"{r['requests_per_s']:,.0f} requests/s ({r['cand_per_s']:,.0f} candidates/s)")
+
 print("\n== targets")
 allc = max((r["threads"] for r in rankd if r["bench"] == "score"), default=1)
 for r in rankd:

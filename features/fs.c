@@ -789,3 +789,54 @@ int fs_unavailable(fs_store *s, void (*fn)(void *ctx, const char *item), void *c
     } while (strcmp(cursor, "0") != 0);
     return 0;
 }
+
+/* ---- every user with a history ------------------------------------------------------ */
+
+/* `<prefix>h:*` with the prefix's glob characters escaped, so that a
+ * prefix such as "a*" matches only itself. */
+static char *history_pattern(const fs_store *s)
+{
+    char *p = malloc(2 * s->prefix_len + 4), *o = p;
+    if (!p)
+        return NULL;
+    for (size_t i = 0; i < s->prefix_len; i++) {
+        if (strchr("*?[]\\", s->prefix[i]))
+            *o++ = '\\';
+        *o++ = s->prefix[i];
+    }
+    memcpy(o, "h:*", 4);
+    return p;
+}
+
+int fs_scan_users(fs_store *s, char cursor[FS_CURSOR_MAX], int count,
+                  void (*fn)(void *ctx, const char *user, size_t len), void *ctx, char *err,
+                  size_t errsz)
+{
+    if (!fn || count < 1)
+        return cm_errf(err, errsz, "fs_scan_users: fn is NULL or count %d < 1", count);
+    if (conn_ensure(s, err, errsz))
+        return -1;
+    char *pat = history_pattern(s), num[16];
+    if (!pat)
+        return cm_errf(err, errsz, "out of memory");
+    snprintf(num, sizeof num, "%d", count);
+    const char *argv[6] = {"SCAN", cursor, "MATCH", pat, "COUNT", num};
+    size_t lens[6] = {4, strlen(cursor), 5, strlen(pat), 5, strlen(num)};
+    redisReply *r = conn_call(s, 6, argv, lens, "SCAN", err, errsz);
+    free(pat);
+    if (!r)
+        return -1;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_STRING ||
+        r->element[0]->len >= FS_CURSOR_MAX || !is_str_array(r->element[1])) {
+        freeReplyObject(r);
+        return cm_errf(err, errsz, "redis %s: SCAN %s: unexpected reply", s->addr, cursor);
+    }
+    const size_t skip = s->prefix_len + 2;
+    const redisReply *page = r->element[1];
+    for (size_t i = 0; i < page->elements; i++)
+        if (page->element[i]->len > skip) /* MATCH makes it so; a user id is never empty */
+            fn(ctx, page->element[i]->str + skip, page->element[i]->len - skip);
+    memcpy(cursor, r->element[0]->str, r->element[0]->len + 1);
+    freeReplyObject(r);
+    return 0;
+}

@@ -82,4 +82,19 @@ void fs_batch_user_state(const fs_batch *b, int handle, fs_user_state *out);
 int fs_unavailable(fs_store *s, void (*fn)(void *ctx, const char *item), void *ctx, char *err,
                    size_t errsz);
 
+/* ---- every user with a history ------------------------------------------------------ */
+
+#define FS_CURSOR_MAX 32 /* bytes of a SCAN cursor, with its NUL */
+
+/* One page of SCAN over the history keys: calls fn with the user of each
+ * key found (the key without "<prefix>h:"; binary-safe up to its NUL) and
+ * moves `cursor` on ("0" starts; "0" again after the last page). A cursor
+ * is the whole state of a walk, so a saved one resumes it, in another
+ * process too. SCAN's guarantee holds: a user whose history exists for the
+ * whole walk is reported, at least once (twice when the keyspace is resized
+ * meanwhile). `count` is SCAN's COUNT hint. */
+int fs_scan_users(fs_store *s, char cursor[FS_CURSOR_MAX], int count,
+                  void (*fn)(void *ctx, const char *user, size_t len), void *ctx, char *err,
+                  size_t errsz);
+
 #endif

@@ -254,6 +254,8 @@ static int parse_ranking(svc_parser *p, const json_t *root, svc_event *ev, char 
     if (get_id(root, top("user"), &ev->user, reason, rsz) < 0)
         return -1;
     const json_t *a = json_object_get(root, "items");
+    if (!a && p->lim.items_optional)
+        return 0;
     if (!a)
         return missing(top("items"), reason, rsz);
     if (!json_is_array(a))

@@ -51,6 +51,10 @@ typedef struct svc_event {
 typedef struct svc_event_limits {
     size_t max_bytes;      /* larger input is rejected before parsing */
     int max_items;         /* items of a ranking event */
+    /* 1: a ranking event without "items" is valid and asks for retrieval
+     * (ev->items NULL, n_items 0); rankd rescore's input. 0 (the service):
+     * "items" is required. */
+    int items_optional;
 } svc_event_limits;
 
 typedef struct svc_parser svc_parser;

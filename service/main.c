@@ -7,6 +7,7 @@
 #include "service/cmd_model.h"
 #include "service/cmd_kafka.h"
 #include "service/cmd_train.h"
+#include "service/rescore.h"
 #include "service/serve.h"
 
 static int cmd_version(int argc, char **argv)
@@ -35,6 +36,7 @@ static const command commands[] = {
     {"score", svc_cmd_score, "score an inputs file with a model: rankd score MODEL INPUTS OUTPUT"},
     {"quantize", svc_cmd_quantize, "write the int8 form of an fp32 model: rankd quantize IN OUT"},
     {"serve", svc_cmd_serve, "the streaming service: rankd serve [--config FILE]"},
+    {"rescore", svc_cmd_rescore, "rank a batch of requests, resumably: rankd rescore --input F --output F"},
     {"dev-broker", svc_cmd_dev_broker, "a Kafka-protocol broker on loopback for development and tests"},
     {"feed", svc_cmd_feed, "produce JSON-lines events to a topic: rankd feed FILE --brokers B"},
     {"watch", svc_cmd_watch, "print the ranked lists of a topic: rankd watch --brokers B"},

@@ -110,6 +110,72 @@ int32_t svc_model_action(const svc_model *m, const char *type)
     return a >= 0 && a < m->m->cfg.n_actions ? a : 0;
 }
 
+/* ---- features -------------------------------------------------------------------------------- */
+
+int svc_features_open(const svc_config *c, int max_hist, int ops, fs_store **fs, fs_batch **fb, char *err,
+                      size_t errsz)
+{
+    fs_opts fo = {.host = c->redis.host, .port = c->redis.port, .password = c->redis.password, .db = c->redis.db,
+                  .prefix = c->redis.prefix, .ttl_history_s = c->redis.ttl_history_s,
+                  .ttl_seen_s = c->redis.ttl_seen_s, .ttl_item_s = c->redis.ttl_item_s,
+                  .ttl_user_s = c->redis.ttl_user_s, .timeout_ms = c->redis.timeout_ms, .max_hist = max_hist};
+    *fb = NULL;
+    if (fs_open(fs, &fo, err, errsz))
+        return -1;
+    *fb = fs_batch_new(*fs, ops);
+    return *fb ? 0 : cm_errf(err, errsz, "out of memory for the feature batches");
+}
+
+typedef struct un_ctx {
+    svc_unavailable *u;
+    const svc_model *m;
+    int oom;
+} un_ctx;
+
+static void add_unavailable(void *ctx, const char *item)
+{
+    un_ctx *c = ctx;
+    svc_unavailable *u = c->u;
+    int id;
+    if (cm_strmap_intern(u->ids, item, strlen(item), &id) != 1)
+        return; /* SSCAN may report an item twice */
+    int32_t row = svc_model_item(c->m, item);
+    if (row <= 0)
+        return;
+    if (u->n_rows == u->cap_rows) {
+        int cap = u->cap_rows ? 2 * u->cap_rows : 256;
+        int32_t *r = realloc(u->rows, sizeof(int32_t) * (size_t)cap);
+        if (!r) {
+            c->oom = 1;
+            return;
+        }
+        u->rows = r;
+        u->cap_rows = cap;
+    }
+    u->rows[u->n_rows++] = row;
+}
+
+int svc_unavailable_load(svc_unavailable *u, fs_store *fs, const svc_model *m, char *err, size_t errsz)
+{
+    memset(u, 0, sizeof *u);
+    un_ctx c = {.u = u, .m = m};
+    if (!(u->ids = cm_strmap_new()))
+        return cm_errf(err, errsz, "out of memory");
+    int rc = fs_unavailable(fs, add_unavailable, &c, err, errsz);
+    if (rc == 0 && c.oom)
+        rc = cm_errf(err, errsz, "out of memory for the unavailable items");
+    if (rc)
+        svc_unavailable_free(u);
+    return rc;
+}
+
+void svc_unavailable_free(svc_unavailable *u)
+{
+    cm_strmap_free(u->ids);
+    free(u->rows);
+    memset(u, 0, sizeof *u);
+}
+
 /* ---- slots ----------------------------------------------------------------------------------- */
 
 struct svc_slots {
@@ -242,7 +308,7 @@ int svc_slot_begin(svc_slot *s, const svc_event *ev, char *err, size_t errsz)
     snprintf(s->user, sizeof s->user, "%s", ev->user ? ev->user : "");
     s->id_used = 0;
     s->n_cand_ids = -1;
-    if (ev->kind != SVC_EV_RANKING)
+    if (ev->kind != SVC_EV_RANKING || !ev->items) /* no items: retrieve (rescore's input) */
         return 0;
     if (ev->n_items > lim->max_cands)
         return cm_errf(err, errsz, "ranking of %d items exceeds this service's %d", ev->n_items, lim->max_cands);

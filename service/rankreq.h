@@ -20,6 +20,7 @@
 #include "features/fs.h"
 #include "llm/model.h"
 #include "ranker/batcher.h"
+#include "service/config.h"
 #include "service/events.h"
 
 typedef struct svc_model {
@@ -36,6 +37,25 @@ void svc_model_free(svc_model *m);
 int32_t svc_model_item(const svc_model *m, const char *id);
 /* The action id of an interaction type; 0 when the model does not know it. */
 int32_t svc_model_action(const svc_model *m, const char *type);
+
+/* The feature store of the config's redis section, keeping max_hist
+ * entries of history (the model's), and a batch of `ops` operations on it.
+ * Both are the caller's to free (fs_batch_free, then fs_close). */
+int svc_features_open(const svc_config *c, int max_hist, int ops, fs_store **fs, fs_batch **fb, char *err,
+                      size_t errsz);
+
+/* The items marked unavailable in the feature store: their ids, and the
+ * rows the model knows among them (for retrieval's exclusions). */
+typedef struct svc_unavailable {
+    cm_strmap *ids;
+    int32_t *rows;
+    int n_rows, cap_rows;
+} svc_unavailable;
+
+/* Reads the set into *u (which it overwrites without freeing). -1 with err
+ * when Redis fails or memory runs out; *u is then empty. */
+int svc_unavailable_load(svc_unavailable *u, fs_store *fs, const svc_model *m, char *err, size_t errsz);
+void svc_unavailable_free(svc_unavailable *u);
 
 typedef struct svc_slot_limits {
     int max_hist;       /* the model's */
@@ -91,8 +111,9 @@ typedef struct svc_rank_rules {
 
 /* Two steps, because an event's strings live only until the parser's next
  * event while the features come back later, for the whole poll batch:
- * begin copies what the slot keeps of the event (ids, the ranking's items),
- * fill maps the user's features to rows and sets up the request. */
+ * begin copies what the slot keeps of the event (ids, the ranking's items;
+ * a ranking without items, which only rescore's parser lets through,
+ * retrieves), fill maps the user's features to rows and sets up the request. */
 int svc_slot_begin(svc_slot *s, const svc_event *ev, char *err, size_t errsz);
 int svc_slot_fill(svc_slot *s, const svc_model *m, const fs_user_state *st, const svc_rank_rules *rules,
                   char *err, size_t errsz);

@@ -26,6 +26,7 @@
 #include "service/args.h"
 #include "service/events.h"
 #include "service/http.h"
+#include "service/kafka.h"
 #include "service/log.h"
 #include "service/metrics.h"
 #include "service/offsets.h"
@@ -71,9 +72,7 @@ typedef struct serve {
     msg_state *round;
     /* unavailable items, refreshed from Redis every second */
     pthread_mutex_t un_mu;
-    cm_strmap *un_ids;
-    int32_t *un_rows;
-    int n_un_rows, cap_un_rows;
+    svc_unavailable un;
     int64_t un_refreshed_ns;
     /* rankings that ended without an output, for the consumer to ack */
     pthread_mutex_t fail_mu;
@@ -82,48 +81,6 @@ typedef struct serve {
 } serve;
 
 /* ---- Kafka clients ------------------------------------------------------------------------ */
-
-static int conf_set(rd_kafka_conf_t *c, const char *k, const char *v, char *err, size_t errsz)
-{
-    char why[512];
-    if (rd_kafka_conf_set(c, k, v, why, sizeof why) != RD_KAFKA_CONF_OK)
-        return cm_errf(err, errsz, "kafka property %s: %s", k, why);
-    return 0;
-}
-
-/* librdkafka's log lines go through ours. Properties meant for the
- * consumer are set on the producer too (one list in the config): the
- * warnings that they are ignored there are debug lines. */
-static void kafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
-{
-    (void)rk;
-    svc_log_level lv = !strcmp(fac, "CONFWARN") ? SVC_LOG_DEBUG
-                       : level <= 3             ? SVC_LOG_ERROR
-                       : level == 4             ? SVC_LOG_WARN
-                       : level <= 6             ? SVC_LOG_INFO
-                                                : SVC_LOG_DEBUG;
-    svc_log(lv, "kafka %s: %s", fac, buf);
-}
-
-/* rankd's defaults first (a producer that hands a ranked list on at
- * once, idempotent so that its retries add no duplicates), then the
- * config's properties, which may override them. */
-static rd_kafka_conf_t *base_conf(const svc_config *cfg, int producer, char *err, size_t errsz)
-{
-    rd_kafka_conf_t *c = rd_kafka_conf_new();
-    rd_kafka_conf_set_log_cb(c, kafka_log);
-    int rc = conf_set(c, "bootstrap.servers", cfg->kafka.brokers, err, errsz) ||
-             conf_set(c, "client.id", "rankd", err, errsz) ||
-             (producer && (conf_set(c, "enable.idempotence", "true", err, errsz) ||
-                           conf_set(c, "linger.ms", "0", err, errsz)));
-    for (int i = 0; rc == 0 && i < cfg->kafka.n_props; i++)
-        rc = conf_set(c, cfg->kafka.props[i].key, cfg->kafka.props[i].value, err, errsz);
-    if (rc) {
-        rd_kafka_conf_destroy(c);
-        return NULL;
-    }
-    return c;
-}
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque);
 
@@ -171,7 +128,7 @@ static int start_kafka(serve *s, char *err, size_t errsz)
 {
     const svc_config *cfg = s->cfg;
     char num[32];
-    rd_kafka_conf_t *pc = base_conf(cfg, 1, err, errsz);
+    rd_kafka_conf_t *pc = svc_kafka_conf(cfg, 1, err, errsz);
     if (!pc)
         return -1;
     rd_kafka_conf_set_dr_msg_cb(pc, on_delivery);
@@ -180,18 +137,18 @@ static int start_kafka(serve *s, char *err, size_t errsz)
     char why[512];
     if (!(s->producer = rd_kafka_new(RD_KAFKA_PRODUCER, pc, why, sizeof why)))
         return cm_errf(err, errsz, "kafka producer: %s", why);
-    rd_kafka_conf_t *cc = base_conf(cfg, 0, err, errsz);
+    rd_kafka_conf_t *cc = svc_kafka_conf(cfg, 0, err, errsz);
     snprintf(num, sizeof num, "%d", cfg->kafka.commit_interval_ms);
     if (cc) {
         rd_kafka_conf_set_error_cb(cc, on_error);
         rd_kafka_conf_set_rebalance_cb(cc, on_rebalance);
         rd_kafka_conf_set_opaque(cc, s);
     }
-    if (!cc || conf_set(cc, "group.id", cfg->kafka.group_id, err, errsz) ||
-        conf_set(cc, "enable.auto.offset.store", "false", err, errsz) ||
-        conf_set(cc, "enable.auto.commit", "true", err, errsz) ||
-        conf_set(cc, "auto.commit.interval.ms", num, err, errsz) ||
-        conf_set(cc, "auto.offset.reset", "earliest", err, errsz))
+    if (!cc || svc_kafka_set(cc, "group.id", cfg->kafka.group_id, err, errsz) ||
+        svc_kafka_set(cc, "enable.auto.offset.store", "false", err, errsz) ||
+        svc_kafka_set(cc, "enable.auto.commit", "true", err, errsz) ||
+        svc_kafka_set(cc, "auto.commit.interval.ms", num, err, errsz) ||
+        svc_kafka_set(cc, "auto.offset.reset", "earliest", err, errsz))
         return cc ? (rd_kafka_conf_destroy(cc), -1) : -1;
     if (!(s->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, cc, why, sizeof why)))
         return cm_errf(err, errsz, "kafka consumer: %s", why);
@@ -323,52 +280,19 @@ static void job_done(rk_job *j, int status, const char *err, void *ctx)
 
 /* ---- unavailable items ----------------------------------------------------------------------------- */
 
-typedef struct un_ctx {
-    serve *s;
-    cm_strmap *ids;
-    int32_t *rows;
-    int n, cap;
-} un_ctx;
-
-static void add_unavailable(void *ctx, const char *item)
-{
-    un_ctx *u = ctx;
-    int id;
-    if (cm_strmap_intern(u->ids, item, strlen(item), &id) != 1)
-        return;
-    int32_t row = svc_model_item(&u->s->model, item);
-    if (row <= 0)
-        return;
-    if (u->n == u->cap) {
-        int cap = u->cap ? 2 * u->cap : 256;
-        int32_t *r = realloc(u->rows, sizeof(int32_t) * (size_t)cap);
-        if (!r)
-            return;
-        u->rows = r;
-        u->cap = cap;
-    }
-    u->rows[u->n++] = row;
-}
-
 static void refresh_unavailable(serve *s)
 {
     int64_t now = rk_now_ns();
     if (now - s->un_refreshed_ns < UNAVAILABLE_REFRESH_NS)
         return;
     s->un_refreshed_ns = now;
-    un_ctx u = {.s = s, .ids = cm_strmap_new()};
+    svc_unavailable fresh;
     char err[CM_ERRSZ];
-    if (!u.ids || fs_unavailable(s->fs, add_unavailable, &u, err, sizeof err)) {
-        cm_strmap_free(u.ids);
-        free(u.rows);
-        return;
-    }
+    if (svc_unavailable_load(&fresh, s->fs, &s->model, err, sizeof err))
+        return; /* the last view stays until Redis answers again */
     pthread_mutex_lock(&s->un_mu);
-    cm_strmap_free(s->un_ids);
-    free(s->un_rows);
-    s->un_ids = u.ids;
-    s->un_rows = u.rows;
-    s->n_un_rows = u.n;
+    svc_unavailable_free(&s->un);
+    s->un = fresh;
     pthread_mutex_unlock(&s->un_mu);
 }
 
@@ -378,8 +302,8 @@ static int fill_slot(serve *s, svc_slot *slot, const fs_user_state *st, char *er
 {
     svc_rank_rules rules = {.exclude_seen = s->cfg->ranking.exclude_seen,
                             .exclude_unavailable = s->cfg->ranking.exclude_unavailable,
-                            .k = s->cfg->ranking.k, .unavailable = s->un_ids,
-                            .unavailable_rows = s->un_rows, .n_unavailable_rows = s->n_un_rows};
+                            .k = s->cfg->ranking.k, .unavailable = s->un.ids,
+                            .unavailable_rows = s->un.rows, .n_unavailable_rows = s->un.n_rows};
     return svc_slot_fill(slot, &s->model, st, &rules, err, errsz);
 }
 
@@ -733,16 +657,7 @@ static void http_rank(void *ctx, const char *body, size_t len, int *status, char
 
 static int open_features(serve *s, fs_store **fs, fs_batch **fb, int ops, char *err, size_t errsz)
 {
-    const svc_config *c = s->cfg;
-    fs_opts fo = {.host = c->redis.host, .port = c->redis.port, .password = c->redis.password, .db = c->redis.db,
-                  .prefix = c->redis.prefix, .ttl_history_s = c->redis.ttl_history_s,
-                  .ttl_seen_s = c->redis.ttl_seen_s, .ttl_item_s = c->redis.ttl_item_s,
-                  .ttl_user_s = c->redis.ttl_user_s, .timeout_ms = c->redis.timeout_ms,
-                  .max_hist = s->model.m->cfg.max_hist};
-    if (fs_open(fs, &fo, err, errsz))
-        return -1;
-    *fb = fs_batch_new(*fs, ops);
-    return *fb ? 0 : cm_errf(err, errsz, "out of memory for the feature batches");
+    return svc_features_open(s->cfg, s->model.m->cfg.max_hist, ops, fs, fb, err, errsz);
 }
 
 static int start(serve *s, char *err, size_t errsz)
@@ -836,8 +751,7 @@ static void teardown(serve *s)
     svc_slots_free(s->slots);
     rk_scorer_free(s->scorer);
     svc_model_free(&s->model);
-    cm_strmap_free(s->un_ids);
-    free(s->un_rows);
+    svc_unavailable_free(&s->un);
     free(s->round);
     free(s->failed);
     pthread_mutex_destroy(&s->http_mu);
