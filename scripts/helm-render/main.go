@@ -25,7 +25,8 @@
 //     in Helm's install order of kinds with "# Source:" headers.
 //
 // Not implemented, so the chart must not use them: .Files, subcharts and
-// dependencies, toToml, --set, hooks, schema validation.
+// dependencies, toToml, --set, hooks, schema validation, Chart.yaml's
+// kubeVersion constraint.
 package main
 
 import (
