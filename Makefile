@@ -147,6 +147,18 @@ $(BUILD)/bench/%: bench/%.c $(LIB)
 deps:
 	@bash scripts/install-deps.sh
 
+# The chart checks (tests/check_helm.c) render helm/rankd with
+# scripts/helm-render, Helm's rendering in Go (Helm is not packaged for
+# Debian), built offline from Debian's Go packages into build/ whatever SAN
+# is: it is a tool of the suite, not part of rankd.
+HELM_RENDER := build/helm-render
+$(HELM_RENDER): scripts/helm-render/main.go
+	@mkdir -p $(dir $@)
+	@command -v go >/dev/null || { echo "go not found: run scripts/install-deps.sh (golang-go)"; exit 1; }
+	GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=$(CURDIR)/build/go-cache go build -o $@ ./scripts/helm-render
+
+test-unit: $(HELM_RENDER)
+
 # Suites run from the repository root; they find ../shared/golden and
 # build/rankd from there. Check forks each test, so a crash fails one test.
 test-unit: $(RANKD) $(TESTS)

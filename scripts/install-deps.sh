@@ -12,6 +12,9 @@ pkgs=(
   libjansson-dev libyaml-dev librdkafka-dev libhiredis-dev libmicrohttpd-dev
   libopenblas-dev check
   redis-server curl
+  # Go, sprig and go-yaml build scripts/helm-render, which renders the Helm
+  # chart for tests/check_helm.c (Helm itself is not packaged).
+  golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v2-dev
 )
 for a in "$@"; do
   case "$a" in
