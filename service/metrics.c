@@ -125,6 +125,16 @@ static void histogram(buf *b, const char *name, const char *help, const svc_hist
     histogram_series(b, name, "", h);
 }
 
+static void counter(buf *b, const char *name, const char *help, uint64_t v)
+{
+    put(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name, (unsigned long long)v);
+}
+
+static void gauge(buf *b, const char *name, const char *help, long long v)
+{
+    put(b, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", name, help, name, name, v);
+}
+
 /* Per-variant reload counters and per-version figures; the tags are
  * file names and hashes (no secrets), quoted as Prometheus wants. */
 static void model_metrics(buf *b, svc_metrics *m)
@@ -143,6 +153,8 @@ static void model_metrics(buf *b, svc_metrics *m)
         if (m->current_gen[v])
             put(b, "rankd_model_reload_failures_total{variant=\"%c\"} %llu\n", vn[v],
                 (unsigned long long)atomic_load(&m->model_reload_failures[v]));
+    gauge(b, "rankd_model_versions_retiring", "Replaced model versions not yet freed: rankings in flight still use them.",
+          atomic_load(&m->models_retiring));
     put(b, "# HELP rankd_model_info The model version each variant serves now.\n# TYPE rankd_model_info gauge\n");
     for (int v = 0; v < SVC_MAX_VARIANTS; v++)
         if (m->current_gen[v])
@@ -174,16 +186,6 @@ static void model_metrics(buf *b, svc_metrics *m)
             if (atomic_load(&m->model_stats[v][r].gen))
                 histogram_series(b, "rankd_model_rank_latency_seconds", labels[v][r], &m->model_stats[v][r].latency);
     pthread_mutex_unlock(&m->model_mu);
-}
-
-static void counter(buf *b, const char *name, const char *help, uint64_t v)
-{
-    put(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name, (unsigned long long)v);
-}
-
-static void gauge(buf *b, const char *name, const char *help, long long v)
-{
-    put(b, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", name, help, name, name, v);
 }
 
 int svc_metrics_render(svc_metrics *m, char **out, size_t *len)

@@ -47,6 +47,7 @@ typedef struct svc_metrics {
     _Atomic int ready_model, ready_kafka, ready_redis;
     _Atomic uint64_t model_reloads[SVC_MAX_VARIANTS];         /* new versions swapped in */
     _Atomic uint64_t model_reload_failures[SVC_MAX_VARIANTS]; /* artifacts refused on reload */
+    _Atomic int models_retiring;         /* replaced versions not yet freed (rankings still on them) */
     _Atomic int scorer_gpu;              /* 1: the scorer runs on the GPU */
     _Atomic uint64_t scorer_fallbacks;   /* model.device auto that ended on the CPU */
     svc_histogram e2e;                   /* event consumed -> ranking acknowledged */

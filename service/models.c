@@ -97,8 +97,8 @@ static int check_compatible(const svc_models *ms, const svc_model *m, const svc_
     if (!ref)
         return 0;
     if (!m->m->item_ids != !ref->m->item_ids)
-        return cm_errf(err, errsz, "%s: %s an item vocabulary but %s (%s) %s: item ids would change meaning",
-                       m->path, m->m->item_ids ? "has" : "has no", ref->tag, ref->path,
+        return cm_errf(err, errsz, "%s: %s item vocabulary but %s (%s) %s: item ids would change meaning",
+                       m->path, m->m->item_ids ? "has an" : "has no", ref->tag, ref->path,
                        ref->m->item_ids ? "has one" : "does not");
     if (!m->m->item_ids && c->n_items != ref->m->cfg.n_items)
         return cm_errf(err, errsz, "%s: %d item rows, but %s has %d and neither has a vocabulary: item ids are rows",
@@ -371,6 +371,7 @@ static void reload_variant(svc_models *ms, int vi)
     old->next_retired = ms->retired;
     ms->retired = old;
     pthread_mutex_unlock(&ms->mu);
+    atomic_fetch_add(&ms->mx->models_retiring, 1);
     svc_mver_release(old); /* the reference it held as the current version */
     atomic_fetch_add(&ms->mx->model_reloads[vi], 1);
     svc_info("model %c: reloaded %s -> %s", variant_name[vi], old->model.tag, v->model.tag);
@@ -438,6 +439,7 @@ static void *loop(void *arg)
             done = v->next_retired;
             svc_info("model %c: %s retired, no ranking uses it any more", variant_name[v->variant], v->model.tag);
             mver_free(v);
+            atomic_fetch_sub(&ms->mx->models_retiring, 1);
         }
         int64_t now = rk_now_ns();
         int poll = ms->check_ms > 0 && now - last_poll >= (int64_t)ms->check_ms * 1000000;
