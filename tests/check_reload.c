@@ -4,8 +4,9 @@
  * (nothing lost, every list published, the tag switching once per user);
  * corrupt, incompatible and non-finite artifacts refused while the old
  * model keeps serving; the A/B split deterministic, near its percentage,
- * each output tagged with its user's variant, and variant b reloading on
- * its own. */
+ * each output tagged with and ranked by its user's variant, and variant b
+ * reloading on its own; and the batcher scoring a batch that mixes two
+ * models' jobs each on its own model. */
 #include <check.h>
 #include <jansson.h>
 #include <math.h>
@@ -14,6 +15,7 @@
 #include <string.h>
 
 #include "llm/train_model.h"
+#include "ranker/batcher.h"
 #include "service/models.h"
 #include "service/rankreq.h"
 #include "tests/harness_kafka.h"
@@ -24,6 +26,8 @@
 #define N_ITEMS 40
 #define PARTS 2
 #define MAX_EVENTS 1024
+#define K 5
+#define RETRIEVE 20
 
 static const char *const TOPICS[] = {"ev", "out", "dlq"};
 static char path_a[TU_PATH], path_b[TU_PATH], config_path[TU_PATH];
@@ -118,8 +122,8 @@ static void write_config(const th_kafka *k, const th_redis *rd, int check_ms, in
             k->brokers, rd->port, path_a, check_ms);
     if (b_percent >= 0)
         fprintf(f, "  b:\n    path: \"%s\"\n    percent: %d\n", path_b, b_percent);
-    fprintf(f, "ranking:\n  retrieve_n: 20\n  k: 5\n  trigger_types: [click]\nhttp:\n  port: 0\n"
-               "logging:\n  level: info\n");
+    fprintf(f, "ranking:\n  retrieve_n: %d\n  k: %d\n  trigger_types: [click]\nhttp:\n  port: 0\n"
+               "logging:\n  level: info\n", RETRIEVE, K);
     fclose(f);
 }
 
@@ -146,13 +150,15 @@ static sent log_[MAX_EVENTS];
 static int n_log;
 
 /* A click (a trigger) of `user` with id e<index>. */
+static int click_item(int i) { return 1 + (i * 7) % N_ITEMS; }
+
 static void send_click(th_kafka *k, const char *user)
 {
     ck_assert(n_log < MAX_EVENTS);
     snprintf(log_[n_log].user, sizeof log_[n_log].user, "%s", user);
     char buf[256];
     int n = snprintf(buf, sizeof buf, "{\"event\":\"interaction\",\"id\":\"e%d\",\"timestamp\":%d,\"user\":\"%s\","
-                     "\"item\":\"i%d\",\"type\":\"click\"}", n_log, 1000 + n_log, user, 1 + (n_log * 7) % N_ITEMS);
+                     "\"item\":\"i%d\",\"type\":\"click\"}", n_log, 1000 + n_log, user, click_item(n_log));
     n_log++;
     th_kafka_send(k, "ev", user, buf, (size_t)n);
 }
@@ -160,6 +166,9 @@ static void send_click(th_kafka *k, const char *user)
 typedef struct outputs {
     char tag[MAX_EVENTS][128]; /* of the first list of each event */
     long long took_us[MAX_EVENTS];
+    char item[MAX_EVENTS][K][8];
+    double score[MAX_EVENTS][K];
+    int n_items[MAX_EVENTS];
     int have[MAX_EVENTS];
     int count, dupes, empty;
 } outputs;
@@ -181,7 +190,14 @@ static void on_output(void *ctx, const rd_kafka_message_t *m)
         o->have[i] = 1;
         snprintf(o->tag[i], sizeof o->tag[i], "%s", tag);
         o->took_us[i] = (long long)json_integer_value(json_object_get(j, "took_us"));
-        o->empty += json_array_size(json_object_get(j, "items")) == 0;
+        json_t *list = json_object_get(j, "items");
+        o->empty += json_array_size(list) == 0;
+        for (size_t n = 0; n < json_array_size(list) && n < K; n++) {
+            json_t *it = json_array_get(list, n);
+            snprintf(o->item[i][n], sizeof o->item[i][n], "%s", json_string_value(json_object_get(it, "item")));
+            o->score[i][n] = json_number_value(json_object_get(it, "score"));
+            o->n_items[i] = (int)n + 1;
+        }
     }
     json_decref(j);
 }
@@ -208,6 +224,32 @@ static int cmp_ll(const void *a, const void *b)
 {
     long long x = *(const long long *)a, y = *(const long long *)b;
     return (x > y) - (x < y);
+}
+
+/* Does the list of event i (a user's first click) match what the model
+ * core answers on artifact `path`: that click as the history, its item
+ * excluded? Returns the largest score difference, or -1 on other items. */
+static double check_first_list(const outputs *o, int i, const svc_model *sm, rk_scorer *sc)
+{
+    int32_t hist[1], acts[1], excl[1], items[K];
+    char id[16];
+    float scores[K];
+    snprintf(id, sizeof id, "i%d", click_item(i));
+    hist[0] = excl[0] = svc_model_item(sm, id);
+    acts[0] = svc_model_action(sm, "click");
+    rk_request r = {.hist_items = hist, .hist_actions = acts, .n_hist = 1, .exclude = excl, .n_exclude = 1,
+                    .k = K, .out_items = items, .out_scores = scores};
+    char err[CM_ERRSZ];
+    ck_assert_msg(rk_scorer_rank(sc, &r, 1, err, sizeof err) == 0, "%s", err);
+    if (r.n_out != o->n_items[i])
+        return -1;
+    double worst = 0;
+    for (int n = 0; n < r.n_out; n++) {
+        if (strcmp(sm->m->item_ids[items[n]], o->item[i][n]))
+            return -1;
+        worst = fmax(worst, fabs(o->score[i][n] - scores[n]));
+    }
+    return worst;
 }
 
 /* ---- tests ------------------------------------------------------------------------------------------ */
@@ -460,6 +502,42 @@ START_TEST(test_ab_split)
     ck_assert_int_eq(mismatched, 0);
     ck_assert_int_eq(changed_variant, 0);
     ck_assert(ma == 2 * (USERS - users_b) && mb == 2 * users_b);
+    /* the lists themselves: each user's first one against its variant's
+     * model core (a batch mixing both variants must score each job on its
+     * own model) */
+    svc_model sm[2];
+    rk_scorer *sc[2];
+    rk_scorer_opts so = {.max_batch = 1, .max_cands = 16, .max_k = K, .max_exclude = 4, .retrieve_n = RETRIEVE,
+                         .threads = 1, .device = "cpu"};
+    char err[CM_ERRSZ];
+    for (int v = 0; v < 2; v++) {
+        ck_assert_msg(svc_model_load(&sm[v], v ? path_b : path_a, err, sizeof err) == 0, "%s", err);
+        ck_assert_msg(rk_scorer_new(&sc[v], sm[v].m, &so, err, sizeof err) == 0, "%s", err);
+    }
+    int match = 0, match_other = 0;
+    double worst = 0;
+    for (int u = 0; u < USERS; u++) {
+        int v = svc_models_bucket(log_[u].user) < PCT;
+        double d = check_first_list(o, u, &sm[v], sc[v]);
+        match += d >= 0 && d < 1e-4;
+        worst = fmax(worst, d);
+        double d_other = check_first_list(o, u, &sm[!v], sc[!v]);
+        match_other += d_other >= 0 && d_other < 1e-4;
+    }
+    double multi = 0;
+    static const char *const sizes[] = {"2", "3-4", "5-8", "9-16", "17-32", "33-64", "65+"};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        char sz[64];
+        snprintf(sz, sizeof sz, "rankd_batches_total{size=\"%s\"}", sizes[i]);
+        multi += th_serve_metric(&run, sz);
+    }
+    printf("ab: %d of %d first lists match their variant's model core (scores within %.2g); %d would match the "
+           "other variant's; %.0f batches held more than one request\n", match, USERS, worst, match_other, multi);
+    ck_assert_int_eq(match, USERS);
+    for (int v = 0; v < 2; v++) {
+        rk_scorer_free(sc[v]);
+        svc_model_free(&sm[v]);
+    }
     free(o);
     /* HTTP ranks on the same variant */
     static char body[65536];
@@ -501,10 +579,93 @@ START_TEST(test_ab_split)
 }
 END_TEST
 
+/* The batcher alone: jobs alternating between two models' scorers,
+ * submitted at once so that batches form (every batch of two or more then
+ * mixes both): each answer equals its own scorer's answer to the request
+ * alone. */
+typedef struct mixed_job {
+    rk_job job;
+    int32_t hist[2], acts[2], items[K];
+    float scores[K];
+    int done, status;
+} mixed_job;
+
+static void mixed_done(rk_job *j, int status, const char *err, void *ctx)
+{
+    (void)err;
+    (void)ctx;
+    mixed_job *m = (mixed_job *)j;
+    m->status = status;
+    __atomic_store_n(&m->done, 1, __ATOMIC_RELEASE);
+}
+
+START_TEST(test_batcher_mixed_scorers)
+{
+    snprintf(path_a, sizeof path_a, "%s/a.safetensors", tu_tmp_root());
+    snprintf(path_b, sizeof path_b, "%s/b.safetensors", tu_tmp_root());
+    write_model(path_a, GOOD1);
+    write_model(path_b, GOOD2);
+    svc_model sm[2];
+    rk_scorer *sc[2];
+    rk_scorer_opts so = {.max_batch = 16, .max_cands = 16, .max_k = K, .max_exclude = 4, .retrieve_n = RETRIEVE,
+                         .threads = 1, .device = "cpu"};
+    char err[CM_ERRSZ];
+    for (int v = 0; v < 2; v++) {
+        ck_assert_msg(svc_model_load(&sm[v], v ? path_b : path_a, err, sizeof err) == 0, "%s", err);
+        ck_assert_msg(rk_scorer_new(&sc[v], sm[v].m, &so, err, sizeof err) == 0, "%s", err);
+    }
+    rk_batcher *b;
+    rk_batcher_opts bo = {.max_batch = 16, .max_wait_us = 500, .latency_target_us = 5000};
+    ck_assert_msg(rk_batcher_new(&b, NULL, &bo, err, sizeof err) == 0, "%s", err);
+    enum { N = 256 };
+    static mixed_job jobs[N];
+    memset(jobs, 0, sizeof jobs);
+    for (int i = 0; i < N; i++) {
+        mixed_job *m = &jobs[i];
+        m->hist[0] = 1 + i % N_ITEMS;
+        m->hist[1] = 1 + (i * 13) % N_ITEMS;
+        m->acts[0] = 1;
+        m->acts[1] = 2;
+        m->job.req = (rk_request){.hist_items = m->hist, .hist_actions = m->acts, .n_hist = 2, .k = K,
+                                  .out_items = m->items, .out_scores = m->scores};
+        m->job.scorer = sc[i % 2];
+        m->job.done = mixed_done;
+        rk_batcher_submit(b, &m->job);
+    }
+    for (int i = 0; i < N; i++)
+        while (!__atomic_load_n(&jobs[i].done, __ATOMIC_ACQUIRE))
+            th_sleep_ms(1);
+    rk_batcher_stats st;
+    rk_batcher_stats_get(b, &st);
+    rk_batcher_free(b);
+    int same = 0;
+    for (int i = 0; i < N; i++) {
+        int32_t items[K];
+        float scores[K];
+        rk_request r = jobs[i].job.req;
+        r.out_items = items;
+        r.out_scores = scores;
+        ck_assert_int_eq(jobs[i].status, 0);
+        ck_assert_msg(rk_scorer_rank(sc[i % 2], &r, 1, err, sizeof err) == 0, "%s", err);
+        same += r.n_out == jobs[i].job.req.n_out && !memcmp(items, jobs[i].items, sizeof(int32_t) * (size_t)r.n_out) &&
+                !memcmp(scores, jobs[i].scores, sizeof(float) * (size_t)r.n_out);
+    }
+    printf("batcher: %d jobs alternating two models in %llu batches (%.1f per batch): %d answers identical to "
+           "their own model's alone\n", N, (unsigned long long)st.batches, st.avg_batch, same);
+    ck_assert_int_eq(same, N);
+    ck_assert_msg(st.batches < (uint64_t)N, "no batch held two jobs: nothing mixed was tested");
+    for (int v = 0; v < 2; v++) {
+        rk_scorer_free(sc[v]);
+        svc_model_free(&sm[v]);
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("reload");
     TCase *tc = tcase_create("reload");
+    tcase_add_test(tc, test_batcher_mixed_scorers);
     tcase_add_test(tc, test_reload_under_stream);
     tcase_add_test(tc, test_refuse_bad_artifacts);
     tcase_add_test(tc, test_ab_split);
