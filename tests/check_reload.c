@@ -5,7 +5,7 @@
  * corrupt, incompatible and non-finite artifacts refused while the old
  * model keeps serving; the A/B split deterministic, near its percentage,
  * each output tagged with and ranked by its user's variant, and variant b
- * reloading on its own; and the batcher scoring a batch that mixes two
+ * reloading on its own; SIGHUP reloading the real binary; and the batcher scoring a batch that mixes two
  * models' jobs each on its own model. */
 #include <check.h>
 #include <jansson.h>
@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 
 #include "llm/train_model.h"
 #include "ranker/batcher.h"
@@ -209,15 +211,21 @@ static outputs *read_outputs(th_kafka *k, int want)
     return o;
 }
 
-/* Waits up to ms for a metric series to reach at least v; returns its value. */
-static double wait_metric(const th_serve *r, const char *series, double v, int ms)
+/* Waits up to ms for a metric series on port to reach at least v;
+ * returns its value. */
+static double wait_metric_port(int port, const char *series, double v, int ms)
 {
-    double got = th_serve_metric(r, series);
+    double got = th_metric(port, series);
     for (int waited = 0; got < v && waited < ms; waited += 20) {
         th_sleep_ms(20);
-        got = th_serve_metric(r, series);
+        got = th_metric(port, series);
     }
     return got;
+}
+
+static double wait_metric(const th_serve *r, const char *series, double v, int ms)
+{
+    return wait_metric_port(r->http_port, series, v, ms);
 }
 
 static int cmp_ll(const void *a, const void *b)
@@ -661,6 +669,73 @@ START_TEST(test_batcher_mixed_scorers)
 }
 END_TEST
 
+/* The real binary and a real signal: `rankd serve` in a child process
+ * with polling off (model.reload_check_ms 0), a new artifact renamed over
+ * model.path is ignored until SIGHUP, then served; SIGTERM still stops it
+ * cleanly. */
+static int port_open(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    int ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
+START_TEST(test_sighup_binary)
+{
+    th_kafka k;
+    th_redis rd;
+    n_log = 0;
+    setup_world(&k, &rd, 0, -1);
+    char tag1[128], tag2[128];
+    tag_of(path_a, tag1);
+    const char *bin = getenv("RANKD_BIN") && *getenv("RANKD_BIN") ? getenv("RANKD_BIN") : "build/rankd";
+    int port = th_free_port();
+    pid_t pid = fork();
+    ck_assert(pid >= 0);
+    if (pid == 0) {
+        char p[16];
+        snprintf(p, sizeof p, "%d", port);
+        setenv("RANKD_HTTP_PORT", p, 1);
+        setenv("RANKD_LOGGING_LEVEL", "warn", 1);
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed test must not leave it running */
+        execl(bin, bin, "serve", "--config", config_path, (char *)NULL);
+        _exit(127);
+    }
+    for (int waited = 0; !port_open(port) && waited < 15000; waited += 20)
+        th_sleep_ms(20);
+    ck_assert_msg(port_open(port), "%s serve did not listen on %d", bin, port);
+    send_click(&k, "h1");
+    outputs *o = read_outputs(&k, n_log);
+    ck_assert_str_eq(o->tag[0], tag1);
+    free(o);
+    const char *series = "rankd_model_reloads_total{variant=\"a\"}";
+    write_model(path_a, GOOD2);
+    tag_of(path_a, tag2);
+    th_sleep_ms(500);
+    double before = th_metric(port, series);
+    ck_assert_int_eq(kill(pid, SIGHUP), 0);
+    double after = wait_metric_port(port, series, 1, 5000);
+    send_click(&k, "h2");
+    o = read_outputs(&k, n_log);
+    ck_assert_int_eq(kill(pid, SIGTERM), 0);
+    int status;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    printf("sighup: %s serve, polling off: new file, 500 ms later reloads %.0f; SIGHUP: reloads %.0f, next list on "
+           "%s (want %s); SIGTERM: exit %d\n", bin, before, after, o->tag[1], tag2,
+           WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    ck_assert(before == 0 && after == 1);
+    ck_assert_str_eq(o->tag[1], tag2);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    free(o);
+    th_kafka_stop(&k);
+    th_redis_stop(&rd);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("reload");
@@ -669,6 +744,7 @@ int main(void)
     tcase_add_test(tc, test_reload_under_stream);
     tcase_add_test(tc, test_refuse_bad_artifacts);
     tcase_add_test(tc, test_ab_split);
+    tcase_add_test(tc, test_sighup_binary);
     tcase_set_timeout(tc, 180);
     suite_add_tcase(s, tc);
     return tu_main("check_reload", s);

@@ -69,17 +69,23 @@ static inline void th_serve_stop(th_serve *r)
     svc_config_free(&r->cfg);
 }
 
-/* The value of the /metrics line that starts with `series` (name and
- * labels exactly as rendered), or -1 when there is no such line. */
-static inline double th_serve_metric(const th_serve *r, const char *series)
+/* The value of the /metrics line on 127.0.0.1:port that starts with
+ * `series` (name and labels exactly as rendered), or -1 when there is no
+ * such line. */
+static inline double th_metric(int port, const char *series)
 {
     static char body[1 << 18];
-    ck_assert_int_eq(th_http(r->http_port, "GET", "/metrics", NULL, NULL, body, sizeof body), 200);
+    ck_assert_int_eq(th_http(port, "GET", "/metrics", NULL, NULL, body, sizeof body), 200);
     size_t n = strlen(series);
     for (const char *line = body; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
         if (!strncmp(line, series, n) && line[n] == ' ')
             return strtod(line + n + 1, NULL);
     return -1;
+}
+
+static inline double th_serve_metric(const th_serve *r, const char *series)
+{
+    return th_metric(r->http_port, series);
 }
 
 #endif
