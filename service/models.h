@@ -69,8 +69,9 @@ int svc_models_bucket(const char *user);
 svc_mver *svc_models_acquire(svc_models *ms, int variant);
 void svc_mver_release(svc_mver *v);
 
-/* Asks the models' thread to reload every variant now (async-signal-safe
- * it is not: call it from a thread that saw a signal handler's flag). */
+/* Asks the models' thread to reload every variant now. It takes a lock,
+ * so it is not for signal handlers: they set a flag (svc_serve_reload)
+ * that the consumer loop hands on to this. */
 void svc_models_reload(svc_models *ms);
 
 /* The current tag of a variant, copied into out. */

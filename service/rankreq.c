@@ -70,6 +70,11 @@ int svc_model_load(svc_model *out, const char *path, char *err, size_t errsz)
     char *dot = name ? NULL : strstr(base, ".safetensors");
     if (dot)
         *dot = '\0';
+    /* The tag goes into every output (JSON) and into metric labels: a name
+     * from the artifact's metadata must not be able to break either. */
+    for (char *c = base; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == '"' || *c == '\\' || *c == 0x7f)
+            *c = '_';
     int rc = map_actions(out, acts, err, errsz);
     lm_st_close(f);
     char hex[65];
