@@ -53,7 +53,7 @@ LLM_SRCS := llm/safetensors.c llm/model.c llm/forward.c llm/kernels.c llm/pool.c
 SVC_SRCS := service/cmd_model.c service/cmd_train.c service/args.c service/events.c service/config.c \
             service/cmd_config.c service/cmd_kafka.c service/offsets.c service/metrics.c service/http.c \
             service/log.c service/rankreq.c service/serve.c service/kafka.c \
-            service/ckpt.c service/progress.c service/rescore.c
+            service/ckpt.c service/progress.c service/rescore.c service/models.c
 RANKER_SRCS := ranker/rk_scorer.c ranker/batcher.c
 FS_SRCS  := features/fs.c
 LIB_SRCS := common/strmap.c common/sha256.c llm/dataset.c llm/dataset_load.c llm/synth.c $(LLM_SRCS) \

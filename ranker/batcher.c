@@ -67,27 +67,51 @@ static int take(rk_batcher *b)
     return n;
 }
 
-static void run_batch(rk_batcher *b, int n)
+/* Scores jobs[0..n) on one scorer and runs their done callbacks; 0, or -1
+ * when the batch call failed. */
+static int run_group(rk_batcher *b, rk_scorer *sc, rk_job **jobs, int n)
 {
     char err[CM_ERRSZ] = "";
     for (int i = 0; i < n; i++)
-        b->reqs[i] = b->batch[i]->req;
-    int64_t t0 = rk_now_ns();
-    int rc = rk_scorer_rank(b->s, b->reqs, n, err, sizeof err);
-    double us = (double)(rk_now_ns() - t0) / 1e3;
+        b->reqs[i] = jobs[i]->req;
+    int rc = rk_scorer_rank(sc, b->reqs, n, err, sizeof err);
     if (rc && n > 1) { /* one bad request must not fail the others: score one by one */
         for (int i = 0; i < n; i++) {
             char e1[CM_ERRSZ] = "";
-            int r1 = rk_scorer_rank(b->s, &b->reqs[i], 1, e1, sizeof e1);
-            b->batch[i]->req = b->reqs[i];
-            b->batch[i]->done(b->batch[i], r1, r1 ? e1 : NULL, b->batch[i]->ctx);
+            int r1 = rk_scorer_rank(sc, &b->reqs[i], 1, e1, sizeof e1);
+            jobs[i]->req = b->reqs[i];
+            jobs[i]->done(jobs[i], r1, r1 ? e1 : NULL, jobs[i]->ctx);
         }
     } else {
         for (int i = 0; i < n; i++) {
-            b->batch[i]->req = b->reqs[i];
-            b->batch[i]->done(b->batch[i], rc, rc ? err : NULL, b->batch[i]->ctx);
+            jobs[i]->req = b->reqs[i];
+            jobs[i]->done(jobs[i], rc, rc ? err : NULL, jobs[i]->ctx);
         }
     }
+    return rc;
+}
+
+/* The batch grouped by scorer: each group is moved to the front of what is
+ * left (its order kept) and scored; a done callback may release the last
+ * reference to a job's scorer, so the scorer is read before any runs. */
+static void run_batch(rk_batcher *b, int n)
+{
+    int64_t t0 = rk_now_ns();
+    int rc = 0;
+    for (int start = 0; start < n;) {
+        rk_scorer *sc = b->batch[start]->scorer ? b->batch[start]->scorer : b->s;
+        int end = start;
+        for (int i = start; i < n; i++) {
+            rk_job *j = b->batch[i];
+            if ((j->scorer ? j->scorer : b->s) != sc)
+                continue;
+            memmove(&b->batch[end + 1], &b->batch[end], sizeof *b->batch * (size_t)(i - end));
+            b->batch[end++] = j;
+        }
+        rc |= run_group(b, sc, &b->batch[start], end - start);
+        start = end;
+    }
+    double us = (double)(rk_now_ns() - t0) / 1e3;
     pthread_mutex_lock(&b->mu);
     int c = size_class(n);
     b->cost_us[c] = b->cost_us[c] > 0 ? 0.8 * b->cost_us[c] + 0.2 * us : us;

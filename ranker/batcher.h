@@ -9,7 +9,12 @@
  * average per batch size) stays under the latency target.
  *
  * A job's `done` runs on the batcher thread right after its batch; it must
- * be quick (produce a message, signal a waiter). */
+ * be quick (produce a message, signal a waiter).
+ *
+ * A job may name its own scorer (a model version pinned when its request
+ * was built: the rows in the request are that model's). A batch taken from
+ * the queue is scored in one call per distinct scorer, in queue order, so a
+ * model swap never splits the queue and never mixes rows of two models. */
 #ifndef RANKD_RANKER_BATCHER_H
 #define RANKD_RANKER_BATCHER_H
 
@@ -22,6 +27,7 @@ struct rk_job {
     rk_request req;                 /* in: the request; out: its answer */
     void (*done)(rk_job *j, int status, const char *err, void *ctx); /* status 0 or -1 */
     void *ctx;
+    rk_scorer *scorer;              /* NULL: the batcher's; else borrowed until done has run */
     int64_t enqueued_ns;            /* set by rk_batcher_submit */
     rk_job *next;                   /* the batcher's */
 };
@@ -40,7 +46,8 @@ typedef struct rk_batcher_stats {
 
 typedef struct rk_batcher rk_batcher;
 
-/* Borrows the scorer; starts the batcher thread. */
+/* Borrows the scorer (NULL when every job names its own); starts the
+ * batcher thread. */
 int rk_batcher_new(rk_batcher **out, rk_scorer *s, const rk_batcher_opts *o, char *err, size_t errsz);
 /* Finishes every queued job, then stops the thread. */
 void rk_batcher_free(rk_batcher *b);

@@ -80,6 +80,10 @@ static const key keys[] = {
     STR("model.path", model.path, "", 0, NULL, "artifact; \"\": the one make run trains"),
     STR("model.device", model.device, "auto", 0, "auto|cuda|cpu", "where the scorer runs"),
     INT("model.threads", model.threads, "0", 0, 1024, "CPU scorer threads; 0: every core"),
+    INT("model.reload_check_ms", model.reload_check_ms, "1000", 0, 86400000,
+        "poll the artifacts for changes; 0: reload on SIGHUP only"),
+    STR("model.b.path", model.b.path, "", 0, NULL, "A/B: variant b's artifact; \"\": no A/B test"),
+    INT("model.b.percent", model.b.percent, "0", 0, 100, "A/B: percent of users (by id hash) ranked by b"),
     INT("ranking.retrieve_n", ranking.retrieve_n, "100", 1, 1000000, "retrieved candidates per ranking"),
     INT("ranking.k", ranking.k, "20", 1, 1000000, "items published, at most retrieve_n"),
     {"ranking.trigger_types", T_LIST, F(ranking.trigger_types), F(ranking.n_trigger_types), "click,purchase",
@@ -918,6 +922,10 @@ static int validate(loader *l)
     if (!strcmp(c->kafka.dead_letter_topic, c->kafka.input_topic))
         return fail(l, origin(l, "kafka.dead_letter_topic"), "kafka.dead_letter_topic",
                     "is kafka.input_topic too (\"%s\"); bad events would come back forever", c->kafka.input_topic);
+    if (c->model.b.percent > 0 && !*c->model.b.path)
+        return fail(l, origin(l, "model.b.percent"), "model.b.percent",
+                    "is %d, but model.b.path is \"\": there is no variant b to rank those users",
+                    c->model.b.percent);
     return *c->redis.password_file ? read_password(l) : 0;
 }
 
@@ -971,7 +979,7 @@ void svc_config_print(FILE *f, const svc_config *c)
     size_t section_len = 0;
     for (size_t i = 0; i < N_KEYS; i++) {
         const key *k = &keys[i];
-        const char *name = leaf(k->name);
+        const char *name = strchr(k->name, '.') + 1; /* model.b.path prints as b.path under model: */
         size_t sl = (size_t)(name - 1 - k->name);
         if (sl != section_len || strncmp(section, k->name, sl)) {
             fprintf(f, "%s%.*s:\n", i ? "\n" : "", (int)sl, k->name);

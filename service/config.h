@@ -46,6 +46,11 @@ typedef struct svc_config {
         char *path;               /* artifact; "" means the one make run trains */
         char *device;             /* auto | cuda | cpu */
         int threads;              /* scorer threads, 0: all cores */
+        int reload_check_ms;      /* poll the artifacts for changes this often; 0: only on SIGHUP */
+        struct {
+            char *path;           /* variant b of an A/B test; "": none */
+            int percent;          /* users (by id hash) ranked by b, 0..100 */
+        } b;
     } model;
     struct {
         int retrieve_n;           /* candidates from retrieval for the re-rank */

@@ -29,6 +29,44 @@ uint64_t svc_hist_quantile(const svc_histogram *h, double q)
     return 0;
 }
 
+void svc_metrics_init(svc_metrics *m)
+{
+    memset(m, 0, sizeof *m);
+    pthread_mutex_init(&m->model_mu, NULL);
+}
+
+void svc_metrics_destroy(svc_metrics *m) { pthread_mutex_destroy(&m->model_mu); }
+
+void svc_metrics_model_set(svc_metrics *m, int v, uint64_t gen, const char *tag)
+{
+    svc_model_stats *r = &m->model_stats[v][gen & 1];
+    pthread_mutex_lock(&m->model_mu);
+    atomic_store(&r->gen, 0); /* late counts of the version two back stop here */
+    atomic_store(&r->rankings, 0);
+    atomic_store(&r->errors, 0);
+    for (int i = 0; i <= SVC_LAT_BUCKETS; i++)
+        atomic_store(&r->latency.bucket[i], 0);
+    atomic_store(&r->latency.count, 0);
+    atomic_store(&r->latency.sum_us, 0);
+    snprintf(r->tag, sizeof r->tag, "%s", tag);
+    atomic_store(&r->gen, gen);
+    m->current_gen[v] = gen;
+    pthread_mutex_unlock(&m->model_mu);
+}
+
+/* Lock-free on the batcher thread: a count that races with the row's
+ * reuse (a version two reloads old still finishing) may land in the new
+ * row or be lost, one ranking at most per race. */
+void svc_metrics_model_observe(svc_metrics *m, int v, uint64_t gen, int ok, uint64_t us)
+{
+    svc_model_stats *r = &m->model_stats[v][gen & 1];
+    if (atomic_load_explicit(&r->gen, memory_order_relaxed) != gen)
+        return;
+    atomic_fetch_add_explicit(ok ? &r->rankings : &r->errors, 1, memory_order_relaxed);
+    if (ok)
+        svc_hist_observe(&r->latency, us);
+}
+
 typedef struct buf {
     char *p;
     size_t len, cap;
@@ -64,17 +102,27 @@ static void put(buf *b, const char *fmt, ...)
     }
 }
 
-static void histogram(buf *b, const char *name, const char *help, const svc_histogram *h)
+/* The series of one histogram; labels: "" or `k="v",...` put before le. */
+static void histogram_series(buf *b, const char *name, const char *labels, const svc_histogram *h)
 {
-    put(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    const char *sep = *labels ? "," : "";
     uint64_t acc = 0;
     for (int i = 0; i < SVC_LAT_BUCKETS; i++) {
         acc += atomic_load(&h->bucket[i]);
-        put(b, "%s_bucket{le=\"%.6f\"} %llu\n", name, (double)bound_us(i) / 1e6, (unsigned long long)acc);
+        put(b, "%s_bucket{%s%sle=\"%.6f\"} %llu\n", name, labels, sep, (double)bound_us(i) / 1e6,
+            (unsigned long long)acc);
     }
     acc += atomic_load(&h->bucket[SVC_LAT_BUCKETS]);
-    put(b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name, (unsigned long long)acc, name,
-        (double)atomic_load(&h->sum_us) / 1e6, name, (unsigned long long)atomic_load(&h->count));
+    const char *o = *labels ? "{" : "", *c = *labels ? "}" : "";
+    put(b, "%s_bucket{%s%sle=\"+Inf\"} %llu\n%s_sum%s%s%s %.6f\n%s_count%s%s%s %llu\n", name, labels, sep,
+        (unsigned long long)acc, name, o, labels, c, (double)atomic_load(&h->sum_us) / 1e6, name, o, labels, c,
+        (unsigned long long)atomic_load(&h->count));
+}
+
+static void histogram(buf *b, const char *name, const char *help, const svc_histogram *h)
+{
+    put(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    histogram_series(b, name, "", h);
 }
 
 static void counter(buf *b, const char *name, const char *help, uint64_t v)
@@ -87,7 +135,60 @@ static void gauge(buf *b, const char *name, const char *help, long long v)
     put(b, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", name, help, name, name, v);
 }
 
-int svc_metrics_render(const svc_metrics *m, char **out, size_t *len)
+/* Per-variant reload counters and per-version figures; the tags are
+ * file names and hashes (no secrets), quoted as Prometheus wants. */
+static void model_metrics(buf *b, svc_metrics *m)
+{
+    static const char vn[SVC_MAX_VARIANTS] = {'a', 'b'};
+    pthread_mutex_lock(&m->model_mu);
+    put(b, "# HELP rankd_model_reloads_total New model versions swapped in after start, by variant.\n"
+           "# TYPE rankd_model_reloads_total counter\n");
+    for (int v = 0; v < SVC_MAX_VARIANTS; v++)
+        if (m->current_gen[v])
+            put(b, "rankd_model_reloads_total{variant=\"%c\"} %llu\n", vn[v],
+                (unsigned long long)atomic_load(&m->model_reloads[v]));
+    put(b, "# HELP rankd_model_reload_failures_total Model artifacts refused on reload (the old one kept "
+           "serving; the reason is logged), by variant.\n# TYPE rankd_model_reload_failures_total counter\n");
+    for (int v = 0; v < SVC_MAX_VARIANTS; v++)
+        if (m->current_gen[v])
+            put(b, "rankd_model_reload_failures_total{variant=\"%c\"} %llu\n", vn[v],
+                (unsigned long long)atomic_load(&m->model_reload_failures[v]));
+    gauge(b, "rankd_model_versions_retiring", "Replaced model versions not yet freed: rankings in flight still use them.",
+          atomic_load(&m->models_retiring));
+    put(b, "# HELP rankd_model_info The model version each variant serves now.\n# TYPE rankd_model_info gauge\n");
+    for (int v = 0; v < SVC_MAX_VARIANTS; v++)
+        if (m->current_gen[v])
+            put(b, "rankd_model_info{variant=\"%c\",model=\"%s\"} 1\n", vn[v],
+                m->model_stats[v][m->current_gen[v] & 1].tag);
+    char labels[SVC_MAX_VARIANTS][2][192];
+    for (int v = 0; v < SVC_MAX_VARIANTS; v++)
+        for (int r = 0; r < 2; r++)
+            snprintf(labels[v][r], sizeof labels[v][r], "variant=\"%c\",model=\"%s\"", vn[v],
+                     m->model_stats[v][r].tag);
+    put(b, "# HELP rankd_model_rankings_total Rankings answered, by variant and model version.\n"
+           "# TYPE rankd_model_rankings_total counter\n");
+    for (int v = 0; v < SVC_MAX_VARIANTS; v++)
+        for (int r = 0; r < 2; r++)
+            if (atomic_load(&m->model_stats[v][r].gen))
+                put(b, "rankd_model_rankings_total{%s} %llu\n", labels[v][r],
+                    (unsigned long long)atomic_load(&m->model_stats[v][r].rankings));
+    put(b, "# HELP rankd_model_rank_errors_total Rank requests the scorer refused, by variant and model version.\n"
+           "# TYPE rankd_model_rank_errors_total counter\n");
+    for (int v = 0; v < SVC_MAX_VARIANTS; v++)
+        for (int r = 0; r < 2; r++)
+            if (atomic_load(&m->model_stats[v][r].gen))
+                put(b, "rankd_model_rank_errors_total{%s} %llu\n", labels[v][r],
+                    (unsigned long long)atomic_load(&m->model_stats[v][r].errors));
+    put(b, "# HELP rankd_model_rank_latency_seconds From queueing a rank request to its answer, by variant and "
+           "model version.\n# TYPE rankd_model_rank_latency_seconds histogram\n");
+    for (int v = 0; v < SVC_MAX_VARIANTS; v++)
+        for (int r = 0; r < 2; r++)
+            if (atomic_load(&m->model_stats[v][r].gen))
+                histogram_series(b, "rankd_model_rank_latency_seconds", labels[v][r], &m->model_stats[v][r].latency);
+    pthread_mutex_unlock(&m->model_mu);
+}
+
+int svc_metrics_render(svc_metrics *m, char **out, size_t *len)
 {
     static const char *const kinds[SVC_EVK_N] = {"interaction", "ranking", "item", "user", "invalid"};
     static const char *const outcomes[SVC_OUT_N] = {"applied", "ranked", "dead_letter"};
@@ -109,9 +210,6 @@ int svc_metrics_render(const svc_metrics *m, char **out, size_t *len)
     counter(&b, "rankd_redis_errors_total", "Failed Redis round trips.", atomic_load(&m->redis_errors));
     counter(&b, "rankd_kafka_errors_total", "Kafka client errors.", atomic_load(&m->kafka_errors));
     counter(&b, "rankd_rank_errors_total", "Rank requests the scorer refused.", atomic_load(&m->rank_errors));
-    counter(&b, "rankd_model_reloads_total", "Models loaded after start.", atomic_load(&m->model_reloads));
-    counter(&b, "rankd_model_reload_errors_total", "Model artifacts refused on reload.",
-            atomic_load(&m->model_reload_errors));
     gauge(&b, "rankd_scorer_gpu", "1 when the scorer runs on the GPU, 0 on the CPU.",
           atomic_load(&m->scorer_gpu));
     counter(&b, "rankd_scorer_cpu_fallbacks_total", "Scorers started on the CPU because model.device auto "
@@ -123,9 +221,7 @@ int svc_metrics_render(const svc_metrics *m, char **out, size_t *len)
     put(&b, "# HELP rankd_ready Readiness of each dependency (1 ready).\n# TYPE rankd_ready gauge\n"
             "rankd_ready{part=\"model\"} %d\nrankd_ready{part=\"kafka\"} %d\nrankd_ready{part=\"redis\"} %d\n",
         atomic_load(&m->ready_model), atomic_load(&m->ready_kafka), atomic_load(&m->ready_redis));
-    if (m->model_tag)
-        put(&b, "# HELP rankd_model_info The model serving.\n# TYPE rankd_model_info gauge\n"
-                "rankd_model_info{model=\"%s\"} 1\n", m->model_tag);
+    model_metrics(&b, m);
     histogram(&b, "rankd_e2e_latency_seconds", "From consuming an event to its ranked list acknowledged.", &m->e2e);
     histogram(&b, "rankd_rank_latency_seconds", "From queueing a rank request to its answer.", &m->rank_latency);
     put(&b, "# HELP rankd_batches_total Scorer batches by their number of requests.\n# TYPE rankd_batches_total counter\n");

@@ -70,6 +70,11 @@ int svc_model_load(svc_model *out, const char *path, char *err, size_t errsz)
     char *dot = name ? NULL : strstr(base, ".safetensors");
     if (dot)
         *dot = '\0';
+    /* The tag goes into every output (JSON) and into metric labels: a name
+     * from the artifact's metadata must not be able to break either. */
+    for (char *c = base; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == '"' || *c == '\\' || *c == 0x7f)
+            *c = '_';
     int rc = map_actions(out, acts, err, errsz);
     lm_st_close(f);
     char hex[65];
@@ -259,6 +264,7 @@ svc_slot *svc_slot_get(svc_slots *p)
     pthread_mutex_unlock(&p->mu);
     if (s) {
         s->id_used = 0;
+        s->ver = NULL;
         s->finished = 0;
         s->status = 0;
         s->err[0] = '\0';
@@ -326,7 +332,8 @@ int svc_slot_fill(svc_slot *s, const svc_model *m, const fs_user_state *st, cons
     (void)err;
     (void)errsz;
     const svc_slot_limits *lim = s->lim;
-    int h0 = st->n_hist > lim->max_hist ? st->n_hist - lim->max_hist : 0, nh = 0;
+    int keep = m->m->cfg.max_hist < lim->max_hist ? m->m->cfg.max_hist : lim->max_hist;
+    int h0 = st->n_hist > keep ? st->n_hist - keep : 0, nh = 0;
     for (int i = h0; i < st->n_hist; i++, nh++) {
         s->hist_items[nh] = svc_model_item(m, st->hist_items[i]);
         s->hist_actions[nh] = svc_model_action(m, st->hist_actions[i]);

@@ -79,6 +79,8 @@ struct svc_slot {
     int32_t partition;     /* Kafka source, or -1 for HTTP */
     int64_t offset;
     int64_t consumed_ns;   /* arrival in rankd */
+    struct svc_mver *ver;  /* the model version its rows belong to (a reference, service/models.h) */
+    int variant;           /* the user's A/B variant */
     int status;            /* the job's outcome */
     char err[256];
     /* HTTP callers wait for the answer */
@@ -113,7 +115,9 @@ typedef struct svc_rank_rules {
  * event while the features come back later, for the whole poll batch:
  * begin copies what the slot keeps of the event (ids, the ranking's items;
  * a ranking without items, which only rescore's parser lets through,
- * retrieves), fill maps the user's features to rows and sets up the request. */
+ * retrieves), fill maps the user's features to rows and sets up the request.
+ * The history is cut to the newest max_hist of the model m (which may keep
+ * less than the pool's max_hist, after a reload or in an A/B test). */
 int svc_slot_begin(svc_slot *s, const svc_event *ev, char *err, size_t errsz);
 int svc_slot_fill(svc_slot *s, const svc_model *m, const fs_user_state *st, const svc_rank_rules *rules,
                   char *err, size_t errsz);

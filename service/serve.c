@@ -6,7 +6,9 @@
  * the producer is called only here, so the tracker needs no lock). The
  * batcher thread scores and hands each answer to the producer. HTTP threads
  * rank synchronously through the same batcher with their own Redis
- * connection. */
+ * connection. The models (service/models.h) have their own thread, which
+ * reloads them; a ranking pins its model version from the moment its rows
+ * are mapped until its answer is written. */
 #include "service/serve.h"
 
 #include <jansson.h>
@@ -29,6 +31,7 @@
 #include "service/kafka.h"
 #include "service/log.h"
 #include "service/metrics.h"
+#include "service/models.h"
 #include "service/offsets.h"
 #include "service/rankreq.h"
 
@@ -54,8 +57,7 @@ typedef struct dead_letter { /* the opaque of a dead-letter message */
 typedef struct serve {
     const svc_config *cfg;
     volatile sig_atomic_t *stop;
-    svc_model model;
-    rk_scorer *scorer;
+    svc_models *models;
     rk_batcher *batcher;
     svc_slots *slots;
     svc_metrics metrics;
@@ -70,9 +72,11 @@ typedef struct serve {
     svc_parser *parser;
     svc_http *http;
     msg_state *round;
-    /* unavailable items, refreshed from Redis every second */
+    /* unavailable items, refreshed from Redis every second; each model
+     * version maps them to its rows when it first ranks after a refresh */
     pthread_mutex_t un_mu;
-    svc_unavailable un;
+    cm_strmap *un_ids;
+    uint64_t un_gen;
     int64_t un_refreshed_ns;
     /* rankings that ended without an output, for the consumer to ack */
     pthread_mutex_t fail_mu;
@@ -164,6 +168,19 @@ static int start_kafka(serve *s, char *err, size_t errsz)
 
 /* ---- delivery and offsets ---------------------------------------------------------------------- */
 
+/* A slot's model version is given back as soon as its answer is written. */
+static void slot_unpin(svc_slot *slot)
+{
+    svc_mver_release(slot->ver);
+    slot->ver = NULL;
+}
+
+static void slot_put(serve *s, svc_slot *slot)
+{
+    slot_unpin(slot);
+    svc_slot_put(s->slots, slot);
+}
+
 /* The slot of a Kafka event is done: its offset may move. */
 static void event_done(serve *s, int32_t partition, int64_t offset)
 {
@@ -196,7 +213,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     atomic_fetch_add(&s->metrics.published, 1);
     svc_hist_observe(&s->metrics.e2e, (uint64_t)((rk_now_ns() - slot->consumed_ns) / 1000));
     event_done(s, slot->partition, slot->offset);
-    svc_slot_put(s->slots, slot);
+    slot_put(s, slot);
 }
 
 static void store_offsets(serve *s)
@@ -223,7 +240,7 @@ static void drain_failed(serve *s)
     pthread_mutex_lock(&s->fail_mu);
     for (int i = 0; i < s->n_failed; i++) {
         event_done(s, s->failed[i]->partition, s->failed[i]->offset);
-        svc_slot_put(s->slots, s->failed[i]);
+        slot_put(s, s->failed[i]);
     }
     s->n_failed = 0;
     pthread_mutex_unlock(&s->fail_mu);
@@ -244,7 +261,9 @@ static void job_done(rk_job *j, int status, const char *err, void *ctx)
 {
     serve *s = ctx;
     svc_slot *slot = (svc_slot *)j; /* the job is the slot's first member */
-    svc_hist_observe(&s->metrics.rank_latency, (uint64_t)((rk_now_ns() - j->enqueued_ns) / 1000));
+    uint64_t us = (uint64_t)((rk_now_ns() - j->enqueued_ns) / 1000);
+    svc_hist_observe(&s->metrics.rank_latency, us);
+    svc_metrics_model_observe(&s->metrics, slot->variant, slot->ver->gen, status == 0, us);
     slot->status = status;
     if (status) {
         atomic_fetch_add(&s->metrics.rank_errors, 1);
@@ -258,7 +277,9 @@ static void job_done(rk_job *j, int status, const char *err, void *ctx)
         return;
     }
     char out[OUT_BYTES];
-    int len = status ? -1 : svc_slot_json(slot, &s->model, (rk_now_ns() - slot->consumed_ns) / 1000, out, sizeof out);
+    int len = status ? -1
+                     : svc_slot_json(slot, &slot->ver->model, (rk_now_ns() - slot->consumed_ns) / 1000, out, sizeof out);
+    slot_unpin(slot);
     if (len < 0) {
         svc_error("ranking of event %s failed: %s", slot->event_id, status ? slot->err : "output too large");
         pthread_mutex_lock(&s->fail_mu);
@@ -280,31 +301,71 @@ static void job_done(rk_job *j, int status, const char *err, void *ctx)
 
 /* ---- unavailable items ----------------------------------------------------------------------------- */
 
+static void add_unavailable(void *ctx, const char *item)
+{
+    int id;
+    cm_strmap_intern(ctx, item, strlen(item), &id);
+}
+
 static void refresh_unavailable(serve *s)
 {
     int64_t now = rk_now_ns();
     if (now - s->un_refreshed_ns < UNAVAILABLE_REFRESH_NS)
         return;
     s->un_refreshed_ns = now;
-    svc_unavailable fresh;
+    cm_strmap *ids = cm_strmap_new();
     char err[CM_ERRSZ];
-    if (svc_unavailable_load(&fresh, s->fs, &s->model, err, sizeof err))
-        return; /* the last view stays until Redis answers again */
+    if (!ids || fs_unavailable(s->fs, add_unavailable, ids, err, sizeof err)) {
+        cm_strmap_free(ids);
+        return;
+    }
     pthread_mutex_lock(&s->un_mu);
-    svc_unavailable_free(&s->un);
-    s->un = fresh;
+    cm_strmap_free(s->un_ids);
+    s->un_ids = ids;
+    s->un_gen++;
     pthread_mutex_unlock(&s->un_mu);
 }
 
-/* Fills a slot's request; called with un_mu held so that the rules'
- * pointers stay valid. */
+/* The unavailable items in version v's rows; called with un_mu held. On
+ * out of memory the rows found so far are kept (retrieval may then return
+ * an unavailable item: better than no answer). */
+static void map_unavailable(serve *s, svc_mver *v)
+{
+    v->n_un_rows = 0;
+    v->un_gen = s->un_gen;
+    int n = s->un_ids ? cm_strmap_count(s->un_ids) : 0;
+    for (int i = 0; i < n; i++) {
+        int32_t row = svc_model_item(&v->model, cm_strmap_key(s->un_ids, i));
+        if (row <= 0)
+            continue;
+        if (v->n_un_rows == v->cap_un_rows) {
+            int cap = v->cap_un_rows ? 2 * v->cap_un_rows : 256;
+            int32_t *r = realloc(v->un_rows, sizeof(int32_t) * (size_t)cap);
+            if (!r)
+                return;
+            v->un_rows = r;
+            v->cap_un_rows = cap;
+        }
+        v->un_rows[v->n_un_rows++] = row;
+    }
+}
+
+/* Fills a slot's request on its user's variant, pinning that variant's
+ * current version (whatever happens next, the slot holds it until
+ * slot_unpin); called with un_mu held so that the rules' pointers stay
+ * valid. */
 static int fill_slot(serve *s, svc_slot *slot, const fs_user_state *st, char *err, size_t errsz)
 {
+    slot->variant = svc_models_variant(s->models, slot->user);
+    svc_mver *v = slot->ver = svc_models_acquire(s->models, slot->variant);
+    if (v->un_gen != s->un_gen)
+        map_unavailable(s, v);
+    slot->job.scorer = v->scorer;
     svc_rank_rules rules = {.exclude_seen = s->cfg->ranking.exclude_seen,
                             .exclude_unavailable = s->cfg->ranking.exclude_unavailable,
-                            .k = s->cfg->ranking.k, .unavailable = s->un.ids,
-                            .unavailable_rows = s->un.rows, .n_unavailable_rows = s->un.n_rows};
-    return svc_slot_fill(slot, &s->model, st, &rules, err, errsz);
+                            .k = s->cfg->ranking.k, .unavailable = s->un_ids,
+                            .unavailable_rows = v->un_rows, .n_unavailable_rows = v->n_un_rows};
+    return svc_slot_fill(slot, &v->model, st, &rules, err, errsz);
 }
 
 /* ---- the consumer loop ------------------------------------------------------------------------------- */
@@ -408,14 +469,14 @@ static void take_message(serve *s, msg_state *ms)
         ms->slot->consumed_ns = rk_now_ns();
         if (svc_slot_begin(ms->slot, &ev, err, sizeof err)) {
             snprintf(ms->reason, sizeof ms->reason, "%s", err);
-            svc_slot_put(s->slots, ms->slot);
+            slot_put(s, ms->slot);
             ms->slot = NULL;
             return;
         }
         ms->read = fs_batch_read_user(s->fb, ev.user);
         if (ms->read < 0) { /* cannot happen: the batch holds two operations per message */
             snprintf(ms->reason, sizeof ms->reason, "internal: the feature batch is full");
-            svc_slot_put(s->slots, ms->slot);
+            slot_put(s, ms->slot);
             ms->slot = NULL;
             return;
         }
@@ -514,11 +575,21 @@ static void update_lag(serve *s)
     rd_kafka_topic_partition_list_destroy(a);
 }
 
+/* Set by SIGHUP (or svc_serve_reload); the consumer loop hands it on. */
+static volatile sig_atomic_t reload_flag;
+
+void svc_serve_reload(void) { reload_flag = 1; }
+
 static void consume(serve *s)
 {
     const int cap = s->cfg->kafka.poll_batch;
     int64_t last_lag = 0;
     while (!*s->stop) {
+        if (reload_flag) {
+            reload_flag = 0;
+            svc_info("reload requested (SIGHUP): checking the model artifacts");
+            svc_models_reload(s->models);
+        }
         int n = 0;
         rd_kafka_message_t *m = rd_kafka_consumer_poll(s->consumer, s->cfg->kafka.poll_timeout_ms);
         while (m) {
@@ -551,7 +622,7 @@ static void consume(serve *s)
         else /* stopping while Redis is down: the round will be consumed again */
             for (int i = 0; i < n; i++)
                 if (s->round[i].slot)
-                    svc_slot_put(s->slots, s->round[i].slot);
+                    slot_put(s, s->round[i].slot);
         for (int i = 0; i < n; i++)
             rd_kafka_message_destroy(s->round[i].m);
         refresh_unavailable(s);
@@ -610,7 +681,7 @@ static void http_rank(void *ctx, const char *body, size_t len, int *status, char
     if (rc == 0 && (h < 0 || fs_batch_exec(s->fb_http, err, sizeof err))) {
         atomic_fetch_add(&s->metrics.redis_errors, 1);
         pthread_mutex_unlock(&s->http_mu);
-        svc_slot_put(s->slots, slot);
+        slot_put(s, slot);
         return http_error(503, "feature store unavailable", status, resp, resp_len);
     }
     if (rc == 0) {
@@ -621,7 +692,7 @@ static void http_rank(void *ctx, const char *body, size_t len, int *status, char
     }
     pthread_mutex_unlock(&s->http_mu);
     if (rc) {
-        svc_slot_put(s->slots, slot);
+        slot_put(s, slot);
         return http_error(400, reason, status, resp, resp_len);
     }
     if (slot->job.req.n_cands > 0) {
@@ -639,7 +710,7 @@ static void http_rank(void *ctx, const char *body, size_t len, int *status, char
         http_error(500, slot->err, status, resp, resp_len);
     } else {
         char *out = malloc(OUT_BYTES);
-        int n = out ? svc_slot_json(slot, &s->model, (rk_now_ns() - t0) / 1000, out, OUT_BYTES) : -1;
+        int n = out ? svc_slot_json(slot, &slot->ver->model, (rk_now_ns() - t0) / 1000, out, OUT_BYTES) : -1;
         if (n < 0) {
             free(out);
             http_error(500, "answer too large", status, resp, resp_len);
@@ -650,14 +721,14 @@ static void http_rank(void *ctx, const char *body, size_t len, int *status, char
         }
     }
     atomic_fetch_add(&s->metrics.events[SVC_EVK_RANKING][SVC_OUT_RANKED], 1);
-    svc_slot_put(s->slots, slot);
+    slot_put(s, slot);
 }
 
 /* ---- start and stop ------------------------------------------------------------------------------------ */
 
 static int open_features(serve *s, fs_store **fs, fs_batch **fb, int ops, char *err, size_t errsz)
 {
-    return svc_features_open(s->cfg, s->model.m->cfg.max_hist, ops, fs, fb, err, errsz);
+    return svc_features_open(s->cfg, svc_models_max_hist(s->models), ops, fs, fb, err, errsz);
 }
 
 static int start(serve *s, char *err, size_t errsz)
@@ -665,26 +736,15 @@ static int start(serve *s, char *err, size_t errsz)
     const svc_config *c = s->cfg;
     if (!c->model.path || !*c->model.path)
         return cm_errf(err, errsz, "model.path is not set: which artifact should rankd serve?");
-    if (svc_model_load(&s->model, c->model.path, err, errsz))
-        return -1;
-    s->metrics.model_tag = s->model.tag;
-    atomic_store(&s->metrics.ready_model, 1);
-    svc_info("model %s (%s, %d items)", s->model.tag, c->model.path, s->model.m->cfg.n_items - 1);
     rk_scorer_opts so = {.max_batch = c->batching.max_batch, .max_cands = c->ranking.max_candidates,
                          .max_k = c->ranking.k, .max_exclude = MAX_EXCLUDE, .retrieve_n = c->ranking.retrieve_n,
                          .threads = c->model.threads, .device = c->model.device};
-    if (rk_scorer_new(&s->scorer, s->model.m, &so, err, errsz))
+    if (svc_models_new(&s->models, c, &so, &s->metrics, err, errsz))
         return -1;
-    const char *why = rk_scorer_fallback_reason(s->scorer);
-    if (why) {
-        svc_warn("model.device auto: scoring on the CPU: %s", why);
-        atomic_fetch_add(&s->metrics.scorer_fallbacks, 1);
-    }
-    atomic_store(&s->metrics.scorer_gpu, rk_scorer_gpu(s->scorer));
-    svc_info("scorer: %s", rk_scorer_device(s->scorer));
+    atomic_store(&s->metrics.ready_model, 1);
     rk_batcher_opts bo = {.max_batch = c->batching.max_batch, .max_wait_us = c->batching.max_wait_us,
                           .latency_target_us = c->batching.latency_target_us};
-    svc_slot_limits sl = {.max_hist = s->model.m->cfg.max_hist, .max_exclude = MAX_EXCLUDE,
+    svc_slot_limits sl = {.max_hist = svc_models_max_hist(s->models), .max_exclude = MAX_EXCLUDE,
                           .max_cands = c->ranking.max_candidates, .k = c->ranking.k,
                           .id_bytes = (size_t)c->ranking.max_candidates * (SVC_MAX_ID + 1)};
     svc_event_limits el = {.max_bytes = (size_t)c->kafka.max_event_bytes, .max_items = c->ranking.max_candidates};
@@ -695,7 +755,7 @@ static int start(serve *s, char *err, size_t errsz)
     s->failed = calloc(N_SLOTS, sizeof *s->failed);
     if (!s->slots || !s->offsets || !s->parser || !s->round || !s->failed)
         return cm_errf(err, errsz, "out of memory");
-    if (rk_batcher_new(&s->batcher, s->scorer, &bo, err, errsz) ||
+    if (rk_batcher_new(&s->batcher, NULL, &bo, err, errsz) || /* every job names its model's scorer */
         open_features(s, &s->fs, &s->fb, 2 * c->kafka.poll_batch, err, errsz) || /* a write + a read each */
         open_features(s, &s->fs_http, &s->fb_http, 1, err, errsz))
         return -1;
@@ -710,7 +770,7 @@ static int start(serve *s, char *err, size_t errsz)
             return -1;
         svc_info("http listening on %s:%d", c->http.bind, svc_http_port(s->http));
     }
-    return 0;
+    return svc_models_start(s->models, err, errsz);
 }
 
 /* Stop consuming; let every ranking in flight reach the broker (or fail);
@@ -749,15 +809,15 @@ static void teardown(serve *s)
     svc_parser_free(s->parser);
     svc_offsets_free(s->offsets);
     svc_slots_free(s->slots);
-    rk_scorer_free(s->scorer);
-    svc_model_free(&s->model);
-    svc_unavailable_free(&s->un);
+    svc_models_free(s->models); /* after the batcher: no ranking holds a version any more */
+    cm_strmap_free(s->un_ids);
     free(s->round);
     free(s->failed);
     pthread_mutex_destroy(&s->http_mu);
     pthread_key_delete(s->http_parser);
     pthread_mutex_destroy(&s->un_mu);
     pthread_mutex_destroy(&s->fail_mu);
+    svc_metrics_destroy(&s->metrics);
 }
 
 int svc_serve(const svc_config *cfg, volatile sig_atomic_t *stop, svc_ready_fn ready, void *ready_ctx, char *err,
@@ -765,6 +825,7 @@ int svc_serve(const svc_config *cfg, volatile sig_atomic_t *stop, svc_ready_fn r
 {
     serve s;
     memset(&s, 0, sizeof s);
+    svc_metrics_init(&s.metrics);
     s.cfg = cfg;
     svc_log_setup(cfg->logging.level, cfg->logging.format);
     s.stop = stop;
@@ -791,6 +852,12 @@ static void on_signal(int sig)
 {
     (void)sig;
     stopping = 1;
+}
+
+static void on_hup(int sig)
+{
+    (void)sig;
+    reload_flag = 1;
 }
 
 int svc_cmd_serve(int argc, char **argv)
@@ -820,6 +887,8 @@ int svc_cmd_serve(int argc, char **argv)
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sa.sa_handler = on_hup;
+    sigaction(SIGHUP, &sa, NULL);
     int rc = svc_serve(&cfg, &stopping, NULL, NULL, err, sizeof err);
     if (rc)
         svc_error("%s", err);

@@ -17,7 +17,11 @@ typedef void (*svc_ready_fn)(void *ctx, int http_port);
 int svc_serve(const svc_config *cfg, volatile sig_atomic_t *stop, svc_ready_fn ready, void *ready_ctx,
               char *err, size_t errsz);
 
-/* rankd serve [--config FILE] */
+/* Asks the running service to reload its models (what SIGHUP does):
+ * async-signal-safe, it only sets a flag that the consumer loop reads. */
+void svc_serve_reload(void);
+
+/* rankd serve [--config FILE]; SIGINT/SIGTERM stop it, SIGHUP reloads. */
 int svc_cmd_serve(int argc, char **argv);
 
 #endif

@@ -404,6 +404,13 @@ static const bad_case bad_cases[] = {
      "3: redis.password_file", "redis.password is set too; set one of them"},
     {"password_file missing", "redis:\n  password_file: /nonexistent/rankd-pw\n", "2: redis.password_file",
      "/nonexistent/rankd-pw: cannot open: No such file or directory"},
+    {"A/B percent without a variant b", "model:\n  path: a\n  b:\n    percent: 30\n", "4: model.b.percent",
+     "is 30, but model.b.path is \"\": there is no variant b to rank those users"},
+    {"A/B percent out of range", "model:\n  b.path: b\n  b.percent: 101\n", "3: model.b.percent",
+     "expected an integer in 0..100, got \"101\""},
+    {"A/B key misspelt", "model:\n  b:\n    pth: b\n", "3: model.b.pth", "unknown key (did you mean model.b.path?)"},
+    {"reload interval negative", "model:\n  reload_check_ms: -1\n", "2: model.reload_check_ms",
+     "expected an integer in 0..86400000, got \"-1\""},
 };
 
 START_TEST(test_errors)
