@@ -1,7 +1,7 @@
 /* tests/check_helm.c — the Helm chart in helm/rankd, rendered by
  * scripts/helm-render (Helm's own rendering, which Debian does not
  * package): with the default values and with the GPU + HPA and GPU + KEDA
- * values files of helm/rankd/ci, every document must parse as YAML
+ * values files of helm/rankd/ci (and the A/B one), every document must parse as YAML
  * (libyaml) with the expected kinds and the settings an operator relies
  * on; the ConfigMap's rankd.yaml must pass `rankd check-config`, with the
  * Deployment's environment applied, so that every RANKD_ variable the
@@ -25,6 +25,7 @@
 #define CHART "helm/rankd"
 #define CI_HPA CHART "/ci/gpu-hpa-values.yaml"
 #define CI_KEDA CHART "/ci/gpu-keda-values.yaml"
+#define CI_AB CHART "/ci/ab-values.yaml"
 #define MAX_DOCS 32
 #define OUT_BYTES (1 << 20)
 
@@ -392,6 +393,24 @@ START_TEST(test_gpu_keda_values)
 }
 END_TEST
 
+/* An A/B test: variant b's keys reach rankd as keys it reads, and the
+ * default polls for reloads. */
+START_TEST(test_ab_values)
+{
+    release r;
+    render(&r, "-f " CI_AB);
+    check_pod(&r);
+    check_config(&r, "ab.yaml");
+    ck_assert_msg(strstr(base_out, "b.path: \"/models/ranker-v2-student.int8.safetensors\"") &&
+                  strstr(base_out, "b.percent: 10") && strstr(base_out, "reload_check_ms: 5000"),
+                  "%s", base_out);
+    release_free(&r);
+    char out[8192];
+    int rc = sh(out, sizeof out, "%s --notes -f %s %s", bin("RANKD_HELM_RENDER", "build/helm-render"), CI_AB, CHART);
+    ck_assert_msg(rc == 0 && strstr(out, "ranks 10% of users") && strstr(out, "kill -HUP 1"), "NOTES.txt:\n%s", out);
+}
+END_TEST
+
 START_TEST(test_notes)
 {
     char out[8192];
@@ -411,6 +430,9 @@ static const struct {
     {"config: {http: {bind: 127.0.0.1}}\n", "config.http.bind must be \"0.0.0.0\""},
     {"config: {http: {enabled: false}}\n", "config.http.enabled must be true"},
     {"config: {model: {path: /data/m.safetensors}}\n", "must be a file under model.mountPath"},
+    {"config: {model: {b: {path: /data/b.safetensors, percent: 5}}}\n",
+     "config.model.b.path \"/data/b.safetensors\" must be a file under model.mountPath"},
+    {"config: {model: {b: {percent: 5}}}\n", "config.model.b.percent is 5 but config.model.b.path is empty"},
     {"config: {redis: {password: hunter2}}\n", "secrets.redis.existingSecret"},
     {"config: {http: {token: t0ken}}\n", "secrets.http.existingSecret"},
     {"config: {kafka: {properties: {sasl.password: x}}}\n", "config.kafka.properties.sasl.password is a secret"},
@@ -509,6 +531,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_default_values);
     tcase_add_test(tc, test_gpu_hpa_values);
     tcase_add_test(tc, test_gpu_keda_values);
+    tcase_add_test(tc, test_ab_values);
     tcase_add_test(tc, test_notes);
     tcase_add_loop_test(tc, test_refused, 0, (int)(sizeof refused / sizeof refused[0]));
     tcase_add_test(tc, test_unknown_key_caught);

@@ -78,6 +78,14 @@ Deployment, so that `helm template` and `helm install` both stop.
 {{- if not (hasPrefix (printf "%s/" (trimSuffix "/" .Values.model.mountPath)) $path) -}}
 {{- fail (printf "config.model.path %q must be a file under model.mountPath (%s), where the model volume is mounted" $path .Values.model.mountPath) -}}
 {{- end -}}
+{{- $b := $model.b | default dict -}}
+{{- $bpath := toString (default "" $b.path) -}}
+{{- if and $bpath (not (hasPrefix (printf "%s/" (trimSuffix "/" .Values.model.mountPath)) $bpath)) -}}
+{{- fail (printf "config.model.b.path %q must be a file under model.mountPath (%s), where the model volume is mounted" $bpath .Values.model.mountPath) -}}
+{{- end -}}
+{{- if and (not $bpath) (gt (int (default 0 $b.percent)) 0) -}}
+{{- fail (printf "config.model.b.percent is %d but config.model.b.path is empty: set variant b's artifact, or percent 0" (int $b.percent)) -}}
+{{- end -}}
 {{- if not (has .Values.model.source (list "pvc" "emptyDir")) -}}
 {{- fail (printf "model.source must be pvc or emptyDir (is %q)" (toString .Values.model.source)) -}}
 {{- end -}}
