@@ -142,6 +142,18 @@ static int call_score(gp_engine *e, const inputs *in, int B, int i, char *err, s
     return gp_engine_score(e, in->reqs + (size_t)(i % N_SETS) * MAX_B, B, err, errsz);
 }
 
+/* The same requests cut to RESCORE_CANDS candidates: rankd rescore's
+ * batches (docs/rescore.md). */
+#define RESCORE_CANDS 100
+static int call_rescore(gp_engine *e, const inputs *in, int B, int i, char *err, size_t errsz)
+{
+    lm_request r[MAX_B];
+    memcpy(r, in->reqs + (size_t)(i % N_SETS) * MAX_B, sizeof(lm_request) * (size_t)B);
+    for (int j = 0; j < B; j++)
+        r[j].n_cands = RESCORE_CANDS;
+    return gp_engine_score(e, r, B, err, errsz);
+}
+
 static int call_retrieve(gp_engine *e, const inputs *in, int B, int i, char *err, size_t errsz)
 {
     (void)i;
@@ -191,6 +203,14 @@ static void bench_model(const char *dir, const char *name, const lm_config *c, d
                "\"m\": %d, \"n\": %d, \"reps\": %d, \"us\": %.1f, \"cand_per_s\": %.0f, \"ops_per_cand\": %.0f, "
                "\"tops\": %.2f, \"frac_peak\": %.4f}\n", name, gp_engine_device(e), B, N_CANDS, N_HIST, reps,
                t * 1e6, cps, ops, cps * ops * 1e-12, cps * ops / peak);
+        fflush(stdout);
+    }
+    if (!only_b) {
+        int reps;
+        double t = median_time(call_rescore, e, &in, MAX_B, &reps);
+        printf("{\"bench\": \"rescore\", \"model\": \"%s\", \"B\": %d, \"m\": %d, \"n\": %d, \"reps\": %d, "
+               "\"us\": %.1f, \"requests_per_s\": %.0f}\n", name, MAX_B, RESCORE_CANDS, N_HIST, reps, t * 1e6,
+               MAX_B / t);
         fflush(stdout);
     }
     if (gp_engine_score(e, in.reqs, MAX_B, err, sizeof err)) /* set 0's user vectors, for retrieval */

@@ -42,6 +42,11 @@ print("\n== retrieval (top-k of the catalog, each user's history excluded)")
 for r in (r for r in rankd if r["bench"] == "retrieve"):
     print(f"{r['model']:8} B={r['B']:<4} top-{r['k']} of {r['items']:,} items: {r['us']:,.1f} us")
 
+print("\n== batch rescoring: the scorer at rankd rescore's batch (requests of 100 candidates, copies included)")
+for r in (r for r in rankd if r["bench"] == "rescore"):
+    print(f"{r['model']:8} B={r['B']:<4} {r['m']} candidates, {r['n']}-event histories: "
+          f"{r['requests_per_s']:,.0f} requests/s ({r['us']:,.1f} us a batch)")
+
 print("\n== targets")
 ratios = [(r["cand_per_s"] / best[(r["model"], r["B"])]["cand_per_s"], r["model"], r["B"])
           for r in scores if (r["model"], r["B"]) in best]

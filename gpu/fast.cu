@@ -15,13 +15,17 @@
  *   LN1(x) -> A (int8, per row)        registers
  *   per head: q k v = A Wqkv^T          int8 MMA, dequantized in registers
  *   S = q K^T, softmax, O = P V         fp16 MMA; K, V of the user's
- *                                        history in shared memory
+ *                                        history: shared memory (history
+ *                                        pass), the cache in fragment
+ *                                        order (candidate pass)
  *   x += out(O)                         O quantized per row in registers
  *   LN2(x) -> A; per 128 FFN columns:   up, GELU, quantize, down: registers
  *
  * The residual x, the attention output and q wait in a warp's own slice of
- * shared memory between phases (no barrier needed), so a block of 4 warps
- * (64 rows) meets at a barrier only around the keys and values it shares.
+ * shared memory between phases (no barrier needed). A history block of 4
+ * warps (64 tokens) meets at a barrier only around the keys and values it
+ * shares; candidate warps never wait for each other, and their blocks need
+ * no shared memory for keys and values, so that 3 fit on an SM.
  * The arithmetic is gpu/score.cu's (the CPU's W8A8 rule, the FFN's hidden
  * layer quantized per 128 columns); only the order of some float sums
  * differs. make test-gpu checks both against the CPU. */
@@ -35,6 +39,11 @@
 namespace {
 
 constexpr int WARPS = 4, THREADS = 32 * WARPS, ROWS = 16 * WARPS, MAXK = 64;
+/* Candidate blocks per SM that the registers are capped for: 3 where the
+ * shared memory lets 3 in (d_model <= 128: 66 KB a block); measured on an
+ * H200, student B=512 1.60-1.69 ms against 1.87-1.96 ms at 2, despite 48
+ * bytes of spills (bench/NOTES.md). The teacher's 130 KB admit one. */
+template <int D> constexpr int cand_blocks() { return D <= 128 ? 3 : 1; }
 static_assert(ROWS == GP_TILE, "a candidate tile is one block");
 static_assert(MAXK == ROWS, "a history is one block");
 
@@ -68,7 +77,8 @@ template <int D, int DH> struct Cfg {
     static constexpr size_t qs_bytes = (size_t)H * QK * 32 * 16;
     static constexpr size_t ss_bytes = (size_t)H * 32 * 8; /* self scores, rows g and g + 8 */
     static constexpr size_t warp_bytes = xs_bytes + ov_bytes + qs_bytes + ss_bytes;
-    static constexpr size_t smem = kv_bytes + WARPS * warp_bytes;
+    static constexpr size_t hist_smem = kv_bytes + WARPS * warp_bytes; /* history: keys, values, warps */
+    static constexpr size_t cand_smem = WARPS * warp_bytes; /* candidates read the cache from global memory */
     static_assert(D % 64 == 0 && DH % 16 == 0 && D % DH == 0, "fast-path shape");
 };
 
@@ -105,13 +115,6 @@ __device__ __forceinline__ uint4 ldsm_x4(const void *p, bool trans)
     return r;
 }
 
-__device__ __forceinline__ void cp_async16(void *dst, const void *src)
-{
-    unsigned s = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
-}
-
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::); }
 
 __device__ __forceinline__ uint32_t h2u(float a, float b)
 {
@@ -294,17 +297,34 @@ __device__ __forceinline__ float gelu(float y)
 
 /* ---- the kernel: one layer at a time for 64 rows ------------------------------------------------ */
 
-/* The key/value cache of user b, layer l: [2][H][MAXK][DH] halves. */
+/* The key/value cache of user b, layer l (2 x MAXK x D halves), in the
+ * B-fragment order of the candidates' two attention products, so that a
+ * lane loads its fragment straight from global memory: keys [H][MAXK / 8
+ * n8 tiles][QK][32 lanes], then values [H][MAXK / 16 key blocks][HNT][32
+ * lanes], each entry the two registers (uint2) of one fragment. */
 template <int D> __device__ __forceinline__ size_t kv_off(int b, int n_layers, int l)
 {
     return ((size_t)b * n_layers + l) * 2 * MAXK * D;
 }
 
+template <int D, int DH> struct KvFrag {
+    static constexpr int H = D / DH, QK = DH / 16, HNT = DH / 8;
+    static __device__ __forceinline__ size_t k(int h, int nt, int kk, int lane)
+    {
+        return ((size_t)(h * (MAXK / 8) + nt) * QK + kk) * 32 + lane;
+    }
+    static __device__ __forceinline__ size_t v(int h, int kb, int nd, int lane)
+    {
+        return (size_t)H * (MAXK / 8) * QK * 32 + ((size_t)(h * (MAXK / 16) + kb) * HNT + nd) * 32 + lane;
+    }
+};
+
 /* HIST: one block per user, row r = history token r (causal attention,
  * keys and values written to the cache); else one block per tile of up to
  * 64 candidates of one user (attention to the cached history and self). */
 template <int D, int DH, bool HIST>
-__global__ void __launch_bounds__(THREADS, HIST ? 1 : 2) fast_kernel(const FW *__restrict__ fw, gp_batch bt, __half *kvc)
+__global__ void __launch_bounds__(THREADS, HIST ? 1 : cand_blocks<D>()) fast_kernel(const FW *__restrict__ fw, gp_batch bt,
+                                                                                     __half *kvc)
 {
     using C = Cfg<D, DH>;
     constexpr int H = C::H, NT = C::NT, KS = C::KS, HNT = C::HNT, QK = C::QK, LDK = C::LDK;
@@ -312,7 +332,8 @@ __global__ void __launch_bounds__(THREADS, HIST ? 1 : 2) fast_kernel(const FW *_
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     __half *Ks = (__half *)sm;          /* [H][MAXK][LDK] */
     __half *Vs = Ks + H * MAXK * LDK;   /* [H][MAXK][LDK] */
-    uint8_t *wp = sm + C::kv_bytes + warp * C::warp_bytes;
+    uint8_t *wp = sm + (HIST ? C::kv_bytes : 0) + warp * C::warp_bytes;
+    using F = KvFrag<D, DH>;
     float4 *xs = (float4 *)wp;                           /* [NT][32] */
     uint2 *ov = (uint2 *)(wp + C::xs_bytes);             /* [NT][32] */
     uint4 *qs = (uint4 *)(wp + C::xs_bytes + C::ov_bytes); /* [H][QK][32] */
@@ -381,12 +402,8 @@ __global__ void __launch_bounds__(THREADS, HIST ? 1 : 2) fast_kernel(const FW *_
     for (int l = 0; l < nl; l++) {
         const FLayer &ly = fw->L[l];
         __half *kvl = kvc + kv_off<D>(b, nl, l);
-        const int nkr = HIST ? 0 : (L + 15) / 16 * 16; /* cached key rows a candidate reads */
-        if (!HIST) /* the user's keys and values (hh: K or V, then the head), while q k v are computed */
-            for (int i = threadIdx.x; i < 2 * H * nkr * (DH / 8); i += THREADS) {
-                const int c = i % (DH / 8), row = (i / (DH / 8)) % max(nkr, 1), hh = i / (DH / 8) / max(nkr, 1);
-                cp_async16(Ks + ((size_t)hh * MAXK + row) * LDK + c * 8, kvl + ((size_t)hh * MAXK + row) * DH + c * 8);
-            }
+        const int nkr = (L + 15) / 16 * 16; /* key rows in the cache that candidates read */
+        const uint2 *kvf = (const uint2 *)kvl;
         uint32_t a[KS][4];
         float sr0 = 0.0f, sr1 = 0.0f;
         if (live) {
@@ -431,16 +448,26 @@ __global__ void __launch_bounds__(THREADS, HIST ? 1 : 2) fast_kernel(const FW *_
                 }
             }
         }
-        if (!HIST)
-            cp_async_wait_all();
-        __syncthreads(); /* keys and values in shared memory */
-        if (HIST) /* to the cache, for the candidates */
-            for (int i = threadIdx.x; i < 2 * H * ROWS * (DH / 8); i += THREADS) {
-                const int c = i % (DH / 8), row = (i / (DH / 8)) % ROWS, hh = i / (DH / 8) / ROWS;
-                if (row < (L + 15) / 16 * 16)
-                    *(uint4 *)(kvl + ((size_t)hh * MAXK + row) * DH + c * 8) =
-                        *(const uint4 *)(Ks + ((size_t)hh * MAXK + row) * LDK + c * 8);
+        if (HIST) {
+            __syncthreads(); /* keys and values in shared memory */
+            /* to the cache in fragment order, for the candidates: keys ... */
+            for (int i = threadIdx.x; i < H * (MAXK / 8) * QK * 32; i += THREADS) {
+                const int ln = i % 32, kk = i / 32 % QK, nt = i / 32 / QK % (MAXK / 8), h = i / 32 / QK / (MAXK / 8);
+                if (nt * 8 >= nkr)
+                    continue;
+                const __half *k = Ks + ((size_t)h * MAXK + nt * 8 + (ln >> 2)) * LDK + kk * 16 + (ln & 3) * 2;
+                ((uint2 *)kvl)[F::k(h, nt, kk, ln)] = make_uint2(*(const uint32_t *)k, *(const uint32_t *)(k + 8));
             }
+            /* ... and values: keys 2t, 2t + 1 (+ 8) of dimension g */
+            for (int i = threadIdx.x; i < H * (MAXK / 16) * HNT * 32; i += THREADS) {
+                const int ln = i % 32, nd = i / 32 % HNT, kb = i / 32 / HNT % (MAXK / 16), h = i / 32 / HNT / (MAXK / 16);
+                if (kb * 16 >= nkr)
+                    continue;
+                const __half *v = Vs + ((size_t)h * MAXK + kb * 16 + (ln & 3) * 2) * LDK + nd * 8 + (ln >> 2);
+                __half2 lo = __halves2half2(v[0], v[LDK]), hi = __halves2half2(v[8 * LDK], v[9 * LDK]);
+                ((uint2 *)kvl)[F::v(h, kb, nd, ln)] = make_uint2(*(uint32_t *)&lo, *(uint32_t *)&hi);
+            }
+        }
         if (live) {
             /* phase B: attention per head */
             const int nkb = HIST ? warp + 1 : nkr / 16; /* 16-key blocks to read */
@@ -460,9 +487,15 @@ __global__ void __launch_bounds__(THREADS, HIST ? 1 : 2) fast_kernel(const FW *_
                     if (kb < nkb)
 #pragma unroll
                         for (int kk = 0; kk < QK; kk++) {
-                            const uint4 bk = ldsm_x4(Kh + (size_t)(kb * 16 + (mat >> 1) * 8 + mr) * LDK + kk * 16 +
-                                                         (mat & 1) * 8,
-                                                     false);
+                            uint4 bk;
+                            if (HIST) {
+                                bk = ldsm_x4(Kh + (size_t)(kb * 16 + (mat >> 1) * 8 + mr) * LDK + kk * 16 + (mat & 1) * 8,
+                                             false);
+                            } else {
+                                const uint2 k0 = __ldg(&kvf[F::k(h, 2 * kb, kk, lane)]);
+                                const uint2 k1 = __ldg(&kvf[F::k(h, 2 * kb + 1, kk, lane)]);
+                                bk = make_uint4(k0.x, k0.y, k1.x, k1.y);
+                            }
                             mma_f16(s[2 * kb], qf[kk], bk.x, bk.y);
                             mma_f16(s[2 * kb + 1], qf[kk], bk.z, bk.w);
                         }
@@ -508,9 +541,15 @@ __global__ void __launch_bounds__(THREADS, HIST ? 1 : 2) fast_kernel(const FW *_
                                                     h2u(s[2 * kb + 1][2], s[2 * kb + 1][3]));
 #pragma unroll
                         for (int np = 0; np < HNT / 2; np++) {
-                            const uint4 bv = ldsm_x4(Vh + (size_t)(kb * 16 + (mat & 1) * 8 + mr) * LDK + np * 16 +
-                                                         (mat >> 1) * 8,
-                                                     true);
+                            uint4 bv;
+                            if (HIST) {
+                                bv = ldsm_x4(Vh + (size_t)(kb * 16 + (mat & 1) * 8 + mr) * LDK + np * 16 + (mat >> 1) * 8,
+                                             true);
+                            } else {
+                                const uint2 v0 = __ldg(&kvf[F::v(h, kb, 2 * np, lane)]);
+                                const uint2 v1 = __ldg(&kvf[F::v(h, kb, 2 * np + 1, lane)]);
+                                bv = make_uint4(v0.x, v0.y, v1.x, v1.y);
+                            }
                             mma_f16(o[2 * np], pf, bv.x, bv.y);
                             mma_f16(o[2 * np + 1], pf, bv.z, bv.w);
                         }
@@ -602,7 +641,8 @@ __global__ void __launch_bounds__(THREADS, HIST ? 1 : 2) fast_kernel(const FW *_
                 }
             }
         }
-        __syncthreads(); /* the next layer overwrites the keys and values */
+        if (HIST)
+            __syncthreads(); /* the next layer overwrites the keys and values */
     }
     if (!live)
         return;
@@ -692,7 +732,7 @@ struct gp_fast {
     FW *d_w;
     void *pool; /* every buffer below d_w, one allocation */
     __half *kv;
-    size_t smem;
+    size_t hsmem, csmem;
     kern_t hist, cand;
 };
 
@@ -700,7 +740,8 @@ template <int D, int DH> static void pick(gp_fast *f)
 {
     f->hist = fast_kernel<D, DH, true>;
     f->cand = fast_kernel<D, DH, false>;
-    f->smem = Cfg<D, DH>::smem;
+    f->hsmem = Cfg<D, DH>::hist_smem;
+    f->csmem = Cfg<D, DH>::cand_smem;
 }
 
 int gp_fast_supports(const gp_weights *w, char *why, size_t whysz)
@@ -788,9 +829,9 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
     s->d_w = (FW *)p;
     GP_TRY(cudaMemcpy(s->d_w, &fw, sizeof fw, cudaMemcpyHostToDevice), "fast-path weights");
     GP_TRY(cudaMalloc(&s->kv, sizeof(__half) * (size_t)max_batch * nl * 2 * MAXK * d), "key/value cache");
-    GP_TRY(cudaFuncSetAttribute((const void *)s->hist, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s->smem),
+    GP_TRY(cudaFuncSetAttribute((const void *)s->hist, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s->hsmem),
            "shared memory of the history kernel");
-    GP_TRY(cudaFuncSetAttribute((const void *)s->cand, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s->smem),
+    GP_TRY(cudaFuncSetAttribute((const void *)s->cand, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s->csmem),
            "shared memory of the candidate kernel");
     GP_TRY(cudaDeviceSynchronize(), "fast-path weight conversion");
     *out = s;
@@ -804,11 +845,11 @@ int gp_fast_run(gp_fast *s, cudaStream_t st, const gp_batch *b, char *err, size_
 {
     if (b->B == 0)
         return 0;
-    s->hist<<<b->B, THREADS, s->smem, st>>>(s->d_w, *b, s->kv);
+    s->hist<<<b->B, THREADS, s->hsmem, st>>>(s->d_w, *b, s->kv);
     if (gp_cuda_err(cudaGetLastError(), "history kernel", err, errsz))
         return -1;
     if (b->n_tiles > 0) {
-        s->cand<<<b->n_tiles, THREADS, s->smem, st>>>(s->d_w, *b, s->kv);
+        s->cand<<<b->n_tiles, THREADS, s->csmem, st>>>(s->d_w, *b, s->kv);
         if (gp_cuda_err(cudaGetLastError(), "candidate kernel", err, errsz))
             return -1;
     }
