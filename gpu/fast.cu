@@ -44,6 +44,11 @@ constexpr int WARPS = 4, THREADS = 32 * WARPS, ROWS = 16 * WARPS, MAXK = 64;
  * H200, student B=512 1.60-1.69 ms against 1.87-1.96 ms at 2, despite 48
  * bytes of spills (bench/NOTES.md). The teacher's 130 KB admit one. */
 template <int D> constexpr int cand_blocks() { return D <= 128 ? 3 : 1; }
+/* Below this many candidate blocks (about one an SM) the uncapped build's
+ * lone warps are faster: student B=1 138-140 against 145 us. make
+ * test-gpu's int8 big case (128 tiles) runs the capped kernel, its golden
+ * and scorer cases the other. */
+constexpr int FEW_TILES = 128;
 static_assert(ROWS == GP_TILE, "a candidate tile is one block");
 static_assert(MAXK == ROWS, "a history is one block");
 
@@ -322,8 +327,8 @@ template <int D, int DH> struct KvFrag {
 /* HIST: one block per user, row r = history token r (causal attention,
  * keys and values written to the cache); else one block per tile of up to
  * 64 candidates of one user (attention to the cached history and self). */
-template <int D, int DH, bool HIST>
-__global__ void __launch_bounds__(THREADS, HIST ? 1 : cand_blocks<D>()) fast_kernel(const FW *__restrict__ fw, gp_batch bt,
+template <int D, int DH, bool HIST, int MINB>
+__global__ void __launch_bounds__(THREADS, MINB) fast_kernel(const FW *__restrict__ fw, gp_batch bt,
                                                                                      __half *kvc)
 {
     using C = Cfg<D, DH>;
@@ -733,13 +738,14 @@ struct gp_fast {
     void *pool; /* every buffer below d_w, one allocation */
     __half *kv;
     size_t hsmem, csmem;
-    kern_t hist, cand;
+    kern_t hist, cand, cand_few; /* cand_few: registers uncapped, for small batches */
 };
 
 template <int D, int DH> static void pick(gp_fast *f)
 {
-    f->hist = fast_kernel<D, DH, true>;
-    f->cand = fast_kernel<D, DH, false>;
+    f->hist = fast_kernel<D, DH, true, 1>;
+    f->cand = fast_kernel<D, DH, false, cand_blocks<D>()>;
+    f->cand_few = fast_kernel<D, DH, false, 1>;
     f->hsmem = Cfg<D, DH>::hist_smem;
     f->csmem = Cfg<D, DH>::cand_smem;
 }
@@ -833,6 +839,9 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
            "shared memory of the history kernel");
     GP_TRY(cudaFuncSetAttribute((const void *)s->cand, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s->csmem),
            "shared memory of the candidate kernel");
+    GP_TRY(cudaFuncSetAttribute((const void *)s->cand_few, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                (int)s->csmem),
+           "shared memory of the candidate kernel");
     GP_TRY(cudaDeviceSynchronize(), "fast-path weight conversion");
     *out = s;
     return 0;
@@ -849,7 +858,7 @@ int gp_fast_run(gp_fast *s, cudaStream_t st, const gp_batch *b, char *err, size_
     if (gp_cuda_err(cudaGetLastError(), "history kernel", err, errsz))
         return -1;
     if (b->n_tiles > 0) {
-        s->cand<<<b->n_tiles, THREADS, s->csmem, st>>>(s->d_w, *b, s->kv);
+        (b->n_tiles < FEW_TILES ? s->cand_few : s->cand)<<<b->n_tiles, THREADS, s->csmem, st>>>(s->d_w, *b, s->kv);
         if (gp_cuda_err(cudaGetLastError(), "candidate kernel", err, errsz))
             return -1;
     }
