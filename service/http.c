@@ -194,7 +194,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
             return text(h, c, ep, 500, "internal error\n");
         return reply(h, c, ep, status, "application/json", resp, rlen, 1);
     }
-    if (!get)
+    if (!get || ep == SVC_EP_RANK) /* POST /v1/rank is handled above */
         return text(h, c, ep, 405, "method not allowed\n");
     switch (ep) {
     case SVC_EP_HEALTHZ:
