@@ -194,6 +194,8 @@ static double *lat_us, *took_us; /* end to end; inside rankd (the output's took_
 static atomic_int n_lat;
 static atomic_int reading = 1;
 
+static char producer_linger_ms[16] = "0"; /* the soak batches: see soak() */
+
 static rd_kafka_t *client(rd_kafka_type_t type)
 {
     char err[512];
@@ -201,7 +203,7 @@ static rd_kafka_t *client(rd_kafka_type_t type)
     rd_kafka_conf_set(c, "bootstrap.servers", brokers, err, sizeof err);
     rd_kafka_conf_set(c, "log_level", "3", err, sizeof err);
     if (type == RD_KAFKA_PRODUCER) {
-        rd_kafka_conf_set(c, "linger.ms", "0", err, sizeof err);
+        rd_kafka_conf_set(c, "linger.ms", producer_linger_ms, err, sizeof err);
         rd_kafka_conf_set(c, "queue.buffering.max.messages", "1000000", err, sizeof err);
     } else {
         rd_kafka_conf_set(c, "group.id", "bench-reader", err, sizeof err);
@@ -472,11 +474,19 @@ static void bench_all(const char *int8, const char *yaml)
  * every user new after 4 events and every TTL short, so that Redis holds
  * only what the TTLs keep: memory must level off, not grow with the run.
  * One JSON line per interval: the latency percentiles of the lists that
- * came back in it, Redis used_memory and keys, rankd's RSS. The mock
- * broker keeps at most 5 MB of log per partition (librdkafka's mock
- * default), so it reaches a steady state of its own after ~100 s. */
+ * came back in it, Redis used_memory and keys, rankd's RSS.
+ *
+ * The broker is librdkafka's mock, in this process. It finds a fetch
+ * offset by walking its log from the start, one entry per produce request,
+ * and keeps up to 5 MB per partition: with one message per request (linger
+ * 0) the walk grows to ~25,000 entries and the mock broker, not rankd,
+ * saturates within 20 s at 1,000/s (measured). So both producers (the load
+ * generator's and rankd's, through kafka.properties) linger SOAK_LINGER_MS
+ * (5) to put several messages in each entry, and the input and output
+ * topics have one partition: the walk stays a few thousand entries. The
+ * lingers add up to twice SOAK_LINGER_MS to the end-to-end latency. */
 typedef struct soak_opts {
-    int seconds, rate, interval_s, ttl_s;
+    int seconds, rate, interval_s, ttl_s, linger_ms;
     const char *rankd;
 } soak_opts;
 
@@ -566,22 +576,23 @@ static void interval_pcts(int from, int to, double *p50, double *p99, double *p9
 static void soak(const soak_opts *o, const char *int8, const char *yaml)
 {
     soak_users = 1;
+    snprintf(producer_linger_ms, sizeof producer_linger_ms, "%d", o->linger_ms);
     rd_kafka_t *owner = client(RD_KAFKA_PRODUCER);
     rd_kafka_mock_cluster_t *mc = rd_kafka_mock_cluster_new(owner, 1);
     const char *topics[3] = {"ev", "out", "dlq"};
     for (int i = 0; i < 3; i++)
-        rd_kafka_mock_topic_create(mc, topics[i], 4, 1);
+        rd_kafka_mock_topic_create(mc, topics[i], 1, 1);
     snprintf(brokers, sizeof brokers, "%s", rd_kafka_mock_cluster_bootstraps(mc));
     int port = free_port();
     FILE *f = fopen(yaml, "w");
     fprintf(f, "kafka:\n  brokers: \"%s\"\n  input_topic: ev\n  output_topic: out\n  dead_letter_topic: dlq\n"
                "  poll_batch: 512\n  poll_timeout_ms: 5\n  properties:\n    session.timeout.ms: \"6000\"\n"
-               "    fetch.wait.max.ms: \"1\"\nredis:\n  port: %d\n  prefix: \"soak:\"\n"
+               "    fetch.wait.max.ms: \"1\"\n    linger.ms: \"%d\"\nredis:\n  port: %d\n  prefix: \"soak:\"\n"
                "  ttl_history_s: %d\n  ttl_seen_s: %d\n  ttl_item_s: %d\n  ttl_user_s: %d\n"
                "model:\n  path: \"%s\"\n  threads: 1\n"
                "ranking:\n  retrieve_n: 100\n  k: 10\n  trigger_types: [click]\nhttp:\n  port: %d\n"
                "batching:\n  max_batch: 64\nlogging:\n  level: warn\n",
-            brokers, redis_port, o->ttl_s, o->ttl_s, o->ttl_s, o->ttl_s, int8, port);
+            brokers, o->linger_ms, redis_port, o->ttl_s, o->ttl_s, o->ttl_s, o->ttl_s, int8, port);
     fclose(f);
     atomic_store(&http_port, port);
     pid_t pid = start_rankd(o, yaml);
@@ -590,9 +601,8 @@ static void soak(const soak_opts *o, const char *int8, const char *yaml)
         die("soak: cannot connect to redis-server");
     producer = client(RD_KAFKA_PRODUCER);
     reader = client(RD_KAFKA_CONSUMER);
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(4);
-    for (int p = 0; p < 4; p++)
-        rd_kafka_topic_partition_list_add(l, "out", p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, "out", 0)->offset = RD_KAFKA_OFFSET_BEGINNING;
     rd_kafka_assign(reader, l);
     rd_kafka_topic_partition_list_destroy(l);
     pthread_t rt;
@@ -606,9 +616,9 @@ static void soak(const soak_opts *o, const char *int8, const char *yaml)
     long long used0, keys0;
     redis_memory(rc, &used0, &keys0);
     long rss0 = rss_kb(pid);
-    printf("{\"bench\": \"soak_start\", \"seconds\": %d, \"offered_per_s\": %d, \"ttl_s\": %d, "
+    printf("{\"bench\": \"soak_start\", \"seconds\": %d, \"offered_per_s\": %d, \"ttl_s\": %d, \"linger_ms\": %d, "
            "\"rankd_rss_kb\": %ld, \"redis_used_memory\": %lld, \"redis_keys\": %lld}\n",
-           o->seconds, o->rate, o->ttl_s, rss0, used0, keys0);
+           o->seconds, o->rate, o->ttl_s, o->linger_ms, rss0, used0, keys0);
     fflush(stdout);
     double t0 = now_s(), next_report = t0 + o->interval_s;
     int from = 0, sent0 = no, sent_iv = no;
@@ -681,11 +691,13 @@ int main(int argc, char **argv)
     if (argc > 1 && !soak_mode) {
         fprintf(stderr, "usage: bench_service [--soak]\n"
                         "  --soak: SOAK_SECONDS (180) of SOAK_RATE (1000) rankings/s against $RANKD_BIN serve\n"
-                        "          (build/rankd), reported every SOAK_INTERVAL_S (15), TTLs SOAK_TTL_S (20)\n");
+                        "          (build/rankd), reported every SOAK_INTERVAL_S (15), TTLs SOAK_TTL_S (20),\n"
+                        "          producers' linger SOAK_LINGER_MS (5)\n");
         return 2;
     }
     soak_opts so = {.seconds = env_int("SOAK_SECONDS", 180, 1, 86400), .rate = env_int("SOAK_RATE", 1000, 1, 100000),
                     .interval_s = env_int("SOAK_INTERVAL_S", 15, 1, 3600), .ttl_s = env_int("SOAK_TTL_S", 20, 1, 86400),
+                    .linger_ms = env_int("SOAK_LINGER_MS", 5, 0, 1000),
                     .rankd = getenv("RANKD_BIN") && *getenv("RANKD_BIN") ? getenv("RANKD_BIN") : "build/rankd"};
     if (soak_mode)
         max_sent = so.rate * so.seconds + 10000;
