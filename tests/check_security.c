@@ -6,6 +6,9 @@
  *     or streamed), the token bucket (429 with Retry-After), 405 for every
  *     other method, and the bind address (it listens where told, nowhere
  *     else);
+ *   - Kafka: TLS and SASL properties and the SASL password (from a file or
+ *     the environment) reach both librdkafka clients, and TLS is enforced
+ *     by librdkafka (no CA file, no client);
  *   - secrets: `rankd serve` with a Redis password (a real redis-server
  *     with requirepass, the password from redis.password_file), an HTTP
  *     token and a Kafka SASL password (SASL/PLAIN tried against the mock
@@ -22,6 +25,7 @@
 
 #include "llm/train_model.h"
 #include "service/http.h"
+#include "service/kafka.h"
 #include "service/metrics.h"
 #include "tests/harness_http.h"
 #include "tests/harness_kafka.h"
@@ -238,6 +242,60 @@ START_TEST(test_http_bind)
 }
 END_TEST
 
+/* ---- Kafka: TLS and SASL properties reach librdkafka -------------------------------------------- */
+
+static void expect_conf(rd_kafka_conf_t *c, const char *name, const char *want)
+{
+    char got[512];
+    size_t n = sizeof got;
+    ck_assert_msg(rd_kafka_conf_get(c, name, got, &n) == RD_KAFKA_CONF_OK, "%s is not set", name);
+    ck_assert_msg(!strcmp(got, want), "%s: \"%s\", want \"%s\"", name, got, want);
+}
+
+START_TEST(test_kafka_tls_sasl)
+{
+    char config[TU_PATH], pwfile[TU_PATH], err[CM_ERRSZ];
+    tu_tmp_path(config, "kafka.yaml");
+    tu_tmp_path(pwfile, "kafka.pw");
+    FILE *f = fopen(pwfile, "w");
+    fprintf(f, "file, pw\\1\n");
+    fclose(f);
+    f = fopen(config, "w");
+    fprintf(f, "kafka:\n  properties:\n    security.protocol: SASL_SSL\n    sasl.mechanism: SCRAM-SHA-512\n"
+               "    sasl.username: rankd\n    ssl.ca.location: /nonexistent/rankd-ca.crt\n");
+    fclose(f);
+    /* the password from a file named in the environment, then verbatim from the environment */
+    const char *routes[][3] = {{"RANKD_KAFKA_SASL_PASSWORD_FILE", pwfile, "file, pw\\1"},
+                               {"RANKD_KAFKA_SASL_PASSWORD", "env,pw\\2", "env,pw\\2"}};
+    for (int r = 0; r < 2; r++) {
+        setenv(routes[r][0], routes[r][1], 1);
+        svc_config c;
+        ck_assert_msg(svc_config_load(&c, config, err, sizeof err) == 0, "%s", err);
+        for (int producer = 0; producer < 2; producer++) {
+            rd_kafka_conf_t *kc = svc_kafka_conf(&c, producer, err, sizeof err);
+            ck_assert_msg(kc != NULL, "%s", err);
+            expect_conf(kc, "security.protocol", "sasl_ssl");
+            expect_conf(kc, "sasl.mechanisms", "SCRAM-SHA-512");
+            expect_conf(kc, "sasl.username", "rankd");
+            expect_conf(kc, "sasl.password", routes[r][2]);
+            expect_conf(kc, "ssl.ca.location", "/nonexistent/rankd-ca.crt");
+            /* TLS is librdkafka's: a client with a CA file that is not there does not start */
+            char why[512];
+            rd_kafka_t *rk = rd_kafka_new(producer ? RD_KAFKA_PRODUCER : RD_KAFKA_CONSUMER, kc, why, sizeof why);
+            ck_assert_msg(rk == NULL, "a client started without its CA file");
+            ck_assert_msg(strstr(why, "ssl.ca.location") || strstr(why, "rankd-ca.crt"), "%s", why);
+            ck_assert_msg(!strstr(why, "pw"), "a secret in librdkafka's error: %s", why);
+            rd_kafka_conf_destroy(kc);
+            if (producer)
+                printf("kafka (%s): SASL_SSL, SCRAM-SHA-512 and the password reach both clients; "
+                       "without its CA file a client refuses to start: %s\n", routes[r][0], why);
+        }
+        svc_config_free(&c);
+        unsetenv(routes[r][0]);
+    }
+}
+END_TEST
+
 /* ---- secrets, through the whole service -------------------------------------------------------- */
 
 #define REDIS_SECRET "redis-S3CRET-pw"
@@ -397,6 +455,9 @@ int main(void)
     tcase_add_test(tc, test_http_rate_limit);
     tcase_add_test(tc, test_http_bind);
     tcase_set_timeout(tc, 30);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("kafka");
+    tcase_add_test(tc, test_kafka_tls_sasl);
     suite_add_tcase(s, tc);
     tc = tcase_create("secrets");
     tcase_add_test(tc, test_secrets_nowhere);
