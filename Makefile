@@ -4,6 +4,8 @@
 #   make test         install what is missing, build, run every Check suite,
 #                     then run them again under ASan + UBSan
 #   make bench        CPU benchmarks against the PyTorch anchor
+#   make soak         rankd serve under a sustained load for SOAK_SECONDS
+#                     (180): latency, Redis memory and rankd's RSS over time
 #   make test-gpu     the GPU engine's suite, plain and under compute-sanitizer
 #                     (on the GPU machine: docs/gpu.md)
 #   make bench-gpu    GPU benchmarks against the PyTorch GPU anchor (same)
@@ -102,7 +104,7 @@ CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null || echo -lcheck)
 
 BENCH_BINS := $(BUILD)/bench/bench_cpu $(BUILD)/bench/bench_service
 
-.PHONY: all deps test test-unit test-asan bench test-gpu bench-gpu gpu-deps run clean FORCE
+.PHONY: all deps test test-unit test-asan bench soak test-gpu bench-gpu gpu-deps run clean FORCE
 all: $(RANKD)
 
 $(BUILD)/%.o: %.c
@@ -177,6 +179,13 @@ test-asan:
 bench: deps $(RANKD) $(BENCH_BINS)
 	@bash scripts/install-deps.sh --bench
 	@RANKD_BIN=$(RANKD) RANKD_SERVICE_BENCH=$(BUILD)/bench/bench_service bash bench/run_cpu.sh $(BUILD)/bench/bench_cpu
+
+# The soak (bench/bench_service.c --soak): SOAK_RATE (1000) triggering
+# events/s for SOAK_SECONDS against build/rankd serve in its own process,
+# every TTL SOAK_TTL_S (20), one JSON line per SOAK_INTERVAL_S (15).
+SOAK_SECONDS ?= 180
+soak: deps $(RANKD) $(BUILD)/bench/bench_service
+	@SOAK_SECONDS=$(SOAK_SECONDS) RANKD_BIN=$(RANKD) $(BUILD)/bench/bench_service --soak
 
 # ---- GPU suite and bench (the GPU machine; docs/gpu.md) -----------------------
 #

@@ -12,6 +12,10 @@
  *               candidates each (the users' histories from the phases
  *               before), file out, every core, no broker running
  *
+ *   --soak:     `make soak`: a sustained load against `rankd serve` as its
+ *               own process, for minutes, memory and latency per interval
+ *               (soak() below)
+ *
  * Model: a student-sized int8 ranker-v1 (d_model 64, 2 layers, 10,000 items)
  * with random weights: speed does not depend on what the weights learned.
  * The scorer gets one thread (RANKD_BENCH_THREADS to change it): the broker,
@@ -19,6 +23,7 @@
  * second spinning scorer thread made the latency tail several times worse.
  * Prints one JSON line per figure, for bench/report.py. */
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <hiredis/hiredis.h>
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
@@ -46,7 +51,10 @@
 
 #define N_ITEMS 10000
 #define N_USERS 20000
-#define MAX_SENT 400000
+#define MAX_SENT_BENCH 400000
+
+static int max_sent = MAX_SENT_BENCH; /* events one run may send; the soak sizes it from its length */
+static int soak_users;                /* soak: every user is new after 4 events (TTLs bound the keys) */
 
 static char dir[256];
 static pid_t redis_pid = -1;
@@ -180,11 +188,13 @@ static long long metric(const char *name)
 
 static rd_kafka_t *producer, *reader;
 static char brokers[128];
-static double *sent_at; /* [MAX_SENT] by event number */
+static double *sent_at; /* [max_sent] by event number */
 static atomic_int received;
 static double *lat_us, *took_us; /* end to end; inside rankd (the output's took_us) */
 static atomic_int n_lat;
 static atomic_int reading = 1;
+
+static char producer_linger_ms[16] = "0"; /* the soak batches: see soak() */
 
 static rd_kafka_t *client(rd_kafka_type_t type)
 {
@@ -193,7 +203,7 @@ static rd_kafka_t *client(rd_kafka_type_t type)
     rd_kafka_conf_set(c, "bootstrap.servers", brokers, err, sizeof err);
     rd_kafka_conf_set(c, "log_level", "3", err, sizeof err);
     if (type == RD_KAFKA_PRODUCER) {
-        rd_kafka_conf_set(c, "linger.ms", "0", err, sizeof err);
+        rd_kafka_conf_set(c, "linger.ms", producer_linger_ms, err, sizeof err);
         rd_kafka_conf_set(c, "queue.buffering.max.messages", "1000000", err, sizeof err);
     } else {
         rd_kafka_conf_set(c, "group.id", "bench-reader", err, sizeof err);
@@ -208,7 +218,7 @@ static rd_kafka_t *client(rd_kafka_type_t type)
 static void send_event(int no, const char *type)
 {
     char buf[200], user[16];
-    int u = (int)(((unsigned)no * 2654435761u) % N_USERS);
+    int u = soak_users ? no / 4 : (int)(((unsigned)no * 2654435761u) % N_USERS);
     snprintf(user, sizeof user, "u%d", u);
     int n = snprintf(buf, sizeof buf,
                      "{\"event\":\"interaction\",\"id\":\"e%d\",\"timestamp\":%d,\"user\":\"%s\",\"item\":\"i%d\","
@@ -233,9 +243,9 @@ static void *read_outputs(void *arg)
             const char *p = memchr(m->payload, 'e', m->len); /* {"id":"e<no>" */
             int no = p ? atoi(p + 1) : -1;
             const char *tk = memmem(m->payload, m->len, "\"took_us\":", 10);
-            if (no >= 0 && no < MAX_SENT && sent_at[no] > 0) {
+            if (no >= 0 && no < max_sent && sent_at[no] > 0) {
                 int k = atomic_fetch_add(&n_lat, 1);
-                if (k < MAX_SENT) {
+                if (k < max_sent) {
                     lat_us[k] = (t - sent_at[no]) * 1e6;
                     took_us[k] = tk ? atof(tk + 10) : 0.0;
                 }
@@ -336,7 +346,7 @@ static void phase_stop(phase *ph)
     rd_kafka_mock_cluster_destroy(ph->mc);
     rd_kafka_destroy(ph->owner);
     svc_config_free(&cfg);
-    memset(sent_at, 0, sizeof *sent_at * MAX_SENT);
+    memset(sent_at, 0, sizeof *sent_at * (size_t)max_sent);
 }
 
 static void bench_latency(phase *ph, int run)
@@ -351,7 +361,7 @@ static void bench_latency(phase *ph, int run)
     }
     rd_kafka_flush(producer, 10000);
     wait_received(n_events, 30);
-    int n = atomic_load(&n_lat) < MAX_SENT ? atomic_load(&n_lat) : MAX_SENT;
+    int n = atomic_load(&n_lat) < max_sent ? atomic_load(&n_lat) : max_sent;
     qsort(lat_us, (size_t)n, sizeof *lat_us, cmp_d);
     qsort(took_us, (size_t)n, sizeof *took_us, cmp_d);
     printf("{\"bench\": \"service_latency\", \"run\": %d, \"offered_per_s\": %d, \"events\": %d, "
@@ -439,20 +449,9 @@ static void bench_rescore(const char *int8)
     svc_config_free(&rc);
 }
 
-int main(void)
+/* The phases of `make bench`. */
+static void bench_all(const char *int8, const char *yaml)
 {
-    snprintf(dir, sizeof dir, "/tmp/rankd-bench.XXXXXX");
-    if (!mkdtemp(dir))
-        die("mkdtemp");
-    sent_at = calloc(MAX_SENT, sizeof *sent_at);
-    lat_us = calloc(MAX_SENT, sizeof *lat_us);
-    took_us = calloc(MAX_SENT, sizeof *took_us);
-    char fp32[300], int8[300], yaml[300];
-    snprintf(fp32, sizeof fp32, "%s/model.safetensors", dir);
-    snprintf(int8, sizeof int8, "%s/model.int8.safetensors", dir);
-    snprintf(yaml, sizeof yaml, "%s/rankd.yaml", dir);
-    make_model(fp32, int8);
-    start_redis();
     phase ph;
     for (int run = 0; run < 3; run++) { /* the tail moves from run to run on a shared machine */
         phase_start(&ph, int8, yaml);
@@ -466,6 +465,260 @@ int main(void)
     bench_ingest(&ph);
     phase_stop(&ph);
     bench_rescore(int8);
+}
+
+/* ---- soak: `make soak` --------------------------------------------------------------------------------- */
+
+/* A sustained offered load for SOAK_SECONDS against `rankd serve` as its
+ * own process (build/rankd: its RSS is its own, not the load generator's),
+ * every user new after 4 events and every TTL short, so that Redis holds
+ * only what the TTLs keep: memory must level off, not grow with the run.
+ * One JSON line per interval: the latency percentiles of the lists that
+ * came back in it, Redis used_memory and keys, rankd's RSS.
+ *
+ * The broker is librdkafka's mock, in this process. It finds a fetch
+ * offset by walking its log from the start, one entry per produce request,
+ * and keeps up to 5 MB per partition: with one message per request (linger
+ * 0) the walk grows to ~25,000 entries and the mock broker, not rankd,
+ * saturates within 20 s at 1,000/s (measured). So both producers (the load
+ * generator's and rankd's, through kafka.properties) linger SOAK_LINGER_MS
+ * (5) to put several messages in each entry, and the input and output
+ * topics have one partition, so that each entry holds more of them; with
+ * these the 120 s run in bench/NOTES.md kept up. The lingers add up to
+ * twice SOAK_LINGER_MS to the end-to-end latency. */
+typedef struct soak_opts {
+    int seconds, rate, interval_s, ttl_s, linger_ms;
+    const char *rankd;
+} soak_opts;
+
+static long rss_kb(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmRSS:", 6))
+            kb = atol(line + 6);
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+/* used_memory and the number of keys of the bench's redis-server. */
+static void redis_memory(redisContext *c, long long *used, long long *keys)
+{
+    *used = *keys = -1;
+    redisReply *r = redisCommand(c, "INFO memory");
+    const char *p = r && r->type == REDIS_REPLY_STRING ? strstr(r->str, "used_memory:") : NULL;
+    if (p)
+        *used = atoll(p + 12);
+    freeReplyObject(r);
+    r = redisCommand(c, "DBSIZE");
+    if (r && r->type == REDIS_REPLY_INTEGER)
+        *keys = r->integer;
+    freeReplyObject(r);
+}
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    socklen_t len = sizeof sa;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) || getsockname(fd, (struct sockaddr *)&sa, &len))
+        die("no free port");
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+static pid_t start_rankd(const soak_opts *o, const char *yaml)
+{
+    char logf[300];
+    snprintf(logf, sizeof logf, "%s/rankd.log", dir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int fd = open(logf, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (fd >= 0)
+            dup2(fd, 2);
+        execl(o->rankd, o->rankd, "serve", "--config", yaml, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 600; i++) { /* ready: model loaded, Kafka and Redis reachable */
+        usleep(100000);
+        if (metric("rankd_ready{part=\"kafka\"}") == 1 && metric("rankd_ready{part=\"redis\"}") == 1)
+            return pid;
+        if (waitpid(pid, NULL, WNOHANG) == pid)
+            break;
+    }
+    kill(pid, SIGKILL);
+    fprintf(stderr, "bench_service: rankd did not become ready; its log: %s\n", logf);
+    die("soak: rankd serve did not start");
+    return -1;
+}
+
+/* Percentiles of lat_us[from, to) (a copy is sorted: the reader keeps appending). */
+static void interval_pcts(int from, int to, double *p50, double *p99, double *p999, double *mx)
+{
+    int n = to - from;
+    double *v = malloc(sizeof *v * (size_t)(n > 0 ? n : 1));
+    if (!v)
+        die("out of memory");
+    memcpy(v, lat_us + from, sizeof *v * (size_t)(n > 0 ? n : 0));
+    qsort(v, (size_t)n, sizeof *v, cmp_d);
+    *p50 = pct(v, n, 0.5);
+    *p99 = pct(v, n, 0.99);
+    *p999 = pct(v, n, 0.999);
+    *mx = n ? v[n - 1] : 0.0;
+    free(v);
+}
+
+static void soak(const soak_opts *o, const char *int8, const char *yaml)
+{
+    soak_users = 1;
+    snprintf(producer_linger_ms, sizeof producer_linger_ms, "%d", o->linger_ms);
+    rd_kafka_t *owner = client(RD_KAFKA_PRODUCER);
+    rd_kafka_mock_cluster_t *mc = rd_kafka_mock_cluster_new(owner, 1);
+    const char *topics[3] = {"ev", "out", "dlq"};
+    for (int i = 0; i < 3; i++)
+        rd_kafka_mock_topic_create(mc, topics[i], 1, 1);
+    snprintf(brokers, sizeof brokers, "%s", rd_kafka_mock_cluster_bootstraps(mc));
+    int port = free_port();
+    FILE *f = fopen(yaml, "w");
+    fprintf(f, "kafka:\n  brokers: \"%s\"\n  input_topic: ev\n  output_topic: out\n  dead_letter_topic: dlq\n"
+               "  poll_batch: 512\n  poll_timeout_ms: 5\n  properties:\n    session.timeout.ms: \"6000\"\n"
+               "    fetch.wait.max.ms: \"1\"\n    linger.ms: \"%d\"\nredis:\n  port: %d\n  prefix: \"soak:\"\n"
+               "  ttl_history_s: %d\n  ttl_seen_s: %d\n  ttl_item_s: %d\n  ttl_user_s: %d\n"
+               "model:\n  path: \"%s\"\n  threads: 1\n"
+               "ranking:\n  retrieve_n: 100\n  k: 10\n  trigger_types: [click]\nhttp:\n  port: %d\n"
+               "batching:\n  max_batch: 64\nlogging:\n  level: warn\n",
+            brokers, o->linger_ms, redis_port, o->ttl_s, o->ttl_s, o->ttl_s, o->ttl_s, int8, port);
+    fclose(f);
+    atomic_store(&http_port, port);
+    pid_t pid = start_rankd(o, yaml);
+    redisContext *rc = redisConnect("127.0.0.1", redis_port);
+    if (!rc || rc->err)
+        die("soak: cannot connect to redis-server");
+    producer = client(RD_KAFKA_PRODUCER);
+    reader = client(RD_KAFKA_CONSUMER);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, "out", 0)->offset = RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_assign(reader, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    pthread_t rt;
+    pthread_create(&rt, NULL, read_outputs, NULL);
+    int no = 0;
+    for (int i = 0; i < 200; i++) /* warm-up: the group join, the first batches */
+        send_event(no++, "click");
+    rd_kafka_flush(producer, 10000);
+    wait_received(200, 60);
+    atomic_store(&n_lat, 0);
+    long long used0, keys0;
+    redis_memory(rc, &used0, &keys0);
+    long rss0 = rss_kb(pid);
+    printf("{\"bench\": \"soak_start\", \"seconds\": %d, \"offered_per_s\": %d, \"ttl_s\": %d, \"linger_ms\": %d, "
+           "\"rankd_rss_kb\": %ld, \"redis_used_memory\": %lld, \"redis_keys\": %lld}\n",
+           o->seconds, o->rate, o->ttl_s, o->linger_ms, rss0, used0, keys0);
+    fflush(stdout);
+    double t0 = now_s(), next_report = t0 + o->interval_s;
+    int from = 0, sent0 = no, sent_iv = no;
+    const int n_events = o->rate * o->seconds;
+    for (int i = 0; i < n_events; i++) {
+        double due = t0 + (double)i / o->rate;
+        while (now_s() < due)
+            usleep(50);
+        send_event(no++, "click");
+        if (now_s() >= next_report || i == n_events - 1) {
+            int to = atomic_load(&n_lat) < max_sent ? atomic_load(&n_lat) : max_sent;
+            double p50, p99, p999, mx;
+            interval_pcts(from, to, &p50, &p99, &p999, &mx);
+            long long used, keys;
+            redis_memory(rc, &used, &keys);
+            printf("{\"bench\": \"soak_interval\", \"t_s\": %.0f, \"sent\": %d, \"ranked\": %d, "
+                   "\"p50_us\": %.0f, \"p99_us\": %.0f, \"p999_us\": %.0f, \"max_us\": %.0f, "
+                   "\"redis_used_memory\": %lld, \"redis_keys\": %lld, \"rankd_rss_kb\": %ld, "
+                   "\"consumer_lag\": %lld}\n",
+                   now_s() - t0, no - sent_iv, to - from, p50, p99, p999, mx, used, keys, rss_kb(pid),
+                   metric("rankd_consumer_lag"));
+            fflush(stdout);
+            from = to;
+            sent_iv = no;
+            next_report += o->interval_s;
+        }
+    }
+    rd_kafka_flush(producer, 10000);
+    wait_received(no - sent0, 30);
+    int n = atomic_load(&n_lat) < max_sent ? atomic_load(&n_lat) : max_sent;
+    double p50, p99, p999, mx;
+    interval_pcts(0, n, &p50, &p99, &p999, &mx);
+    long long used1, keys1;
+    redis_memory(rc, &used1, &keys1);
+    long rss1 = rss_kb(pid);
+    printf("{\"bench\": \"soak_end\", \"events\": %d, \"ranked\": %d, \"p50_us\": %.0f, \"p99_us\": %.0f, "
+           "\"p999_us\": %.0f, \"max_us\": %.0f, \"rankd_rss_kb_start\": %ld, \"rankd_rss_kb_end\": %ld, "
+           "\"redis_used_memory_start\": %lld, \"redis_used_memory_end\": %lld, \"redis_keys_end\": %lld}\n",
+           n_events, n, p50, p99, p999, mx, rss0, rss1, used0, used1, keys1);
+    fflush(stdout);
+    kill(pid, SIGTERM);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        fprintf(stderr, "bench_service: rankd serve ended with status %d\n", st);
+    atomic_store(&reading, 0);
+    pthread_join(rt, NULL);
+    redisFree(rc);
+    rd_kafka_consumer_close(reader);
+    rd_kafka_destroy(reader);
+    rd_kafka_destroy(producer);
+    rd_kafka_mock_cluster_destroy(mc);
+    rd_kafka_destroy(owner);
+}
+
+static int env_int(const char *name, int def, int lo, int hi)
+{
+    const char *v = getenv(name);
+    int x = v && *v ? atoi(v) : def;
+    if (x < lo || x > hi) {
+        fprintf(stderr, "bench_service: %s=%s: expected %d..%d\n", name, v, lo, hi);
+        exit(2);
+    }
+    return x;
+}
+
+int main(int argc, char **argv)
+{
+    int soak_mode = argc == 2 && !strcmp(argv[1], "--soak");
+    if (argc > 1 && !soak_mode) {
+        fprintf(stderr, "usage: bench_service [--soak]\n"
+                        "  --soak: SOAK_SECONDS (180) of SOAK_RATE (1000) rankings/s against $RANKD_BIN serve\n"
+                        "          (build/rankd), reported every SOAK_INTERVAL_S (15), TTLs SOAK_TTL_S (20),\n"
+                        "          producers' linger SOAK_LINGER_MS (5)\n");
+        return 2;
+    }
+    soak_opts so = {.seconds = env_int("SOAK_SECONDS", 180, 1, 86400), .rate = env_int("SOAK_RATE", 1000, 1, 100000),
+                    .interval_s = env_int("SOAK_INTERVAL_S", 15, 1, 3600), .ttl_s = env_int("SOAK_TTL_S", 20, 1, 86400),
+                    .linger_ms = env_int("SOAK_LINGER_MS", 5, 0, 1000),
+                    .rankd = getenv("RANKD_BIN") && *getenv("RANKD_BIN") ? getenv("RANKD_BIN") : "build/rankd"};
+    if (soak_mode)
+        max_sent = so.rate * so.seconds + 10000;
+    snprintf(dir, sizeof dir, "/tmp/rankd-bench.XXXXXX");
+    if (!mkdtemp(dir))
+        die("mkdtemp");
+    sent_at = calloc(max_sent, sizeof *sent_at);
+    lat_us = calloc(max_sent, sizeof *lat_us);
+    took_us = calloc(max_sent, sizeof *took_us);
+    char fp32[300], int8[300], yaml[300];
+    snprintf(fp32, sizeof fp32, "%s/model.safetensors", dir);
+    snprintf(int8, sizeof int8, "%s/model.int8.safetensors", dir);
+    snprintf(yaml, sizeof yaml, "%s/rankd.yaml", dir);
+    make_model(fp32, int8);
+    start_redis();
+    if (soak_mode) {
+        soak(&so, int8, yaml);
+    } else {
+        bench_all(int8, yaml);
+    }
     kill(redis_pid, SIGTERM);
     waitpid(redis_pid, NULL, 0);
     char rm[300];

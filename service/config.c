@@ -66,6 +66,8 @@ static const key keys[] = {
     INT("kafka.commit_interval_ms", kafka.commit_interval_ms, "1000", 1, 86400000, "stored offsets commit period"),
     {"kafka.properties", T_MAP, F(kafka.props), F(kafka.n_props), "", 0, SVC_MAX_KAFKA_PROPS, NULL, 0,
      "librdkafka properties, passed through"},
+    STR("kafka.sasl_password", kafka.sasl_password, "", K_SECRET, NULL, "SASL password; or sasl_password_file"),
+    STR("kafka.sasl_password_file", kafka.sasl_password_file, "", 0, NULL, "file whose first line is the SASL password"),
     STR("redis.host", redis.host, "127.0.0.1", K_NONEMPTY, NULL, "server host"),
     INT("redis.port", redis.port, "6379", 1, 65535, "server port"),
     STR("redis.password", redis.password, "", K_SECRET, NULL, "AUTH password; or password_file"),
@@ -99,6 +101,8 @@ static const key keys[] = {
     INT("http.port", http.port, "8080", 0, 65535, "listen port; 0: a free one"),
     STR("http.token", http.token, "", K_SECRET, NULL, "bearer token for POST /v1/rank; \"\": none"),
     INT("http.max_body_bytes", http.max_body_bytes, "1048576", 1, 1 << 30, "largest request body"),
+    INT("http.rate_limit_rps", http.rate_limit_rps, "0", 0, 10000000, "POST /v1/rank per second; 0: no limit"),
+    INT("http.rate_limit_burst", http.rate_limit_burst, "0", 0, 10000000, "requests allowed at once; 0: rate_limit_rps"),
     STR("logging.level", logging.level, "info", 0, "error|warn|info|debug", "least severe level written"),
     STR("logging.format", logging.format, "text", 0, "text|json", "line format"),
 };
@@ -878,35 +882,56 @@ static int check_default(loader *l)
 /* Where key `name` got its value; every name passed is a row of keys. */
 static const site *origin(const loader *l, const char *name) { return &l->at[find_key(name)]; }
 
-/* Replaces redis.password with the first line of redis.password_file. */
-static int read_password(loader *l)
+/* Replaces the secret *value with the first line of the file at `path`,
+ * key `file_key`; `value_key` names the key that must then be empty. Used
+ * for redis.password_file and kafka.sasl_password_file, so that a secret
+ * can come from a mounted file instead of the YAML or the environment. */
+static int read_secret_file(loader *l, const char *file_key, const char *value_key, const char *path, char **value)
 {
-    svc_config *c = l->c;
-    const site *s = origin(l, "redis.password_file");
-    if (*c->redis.password)
-        return fail(l, s, "redis.password_file", "redis.password is set too; set one of them");
-    FILE *f = fopen(c->redis.password_file, "r");
+    const site *s = origin(l, file_key);
+    if (**value)
+        return fail(l, s, file_key, "%s is set too; set one of them", value_key);
+    FILE *f = fopen(path, "r");
     if (!f)
-        return fail(l, s, "redis.password_file", "%s: cannot open: %s", c->redis.password_file, strerror(errno));
+        return fail(l, s, file_key, "%s: cannot open: %s", path, strerror(errno));
     char *line = NULL;
     size_t cap = 0;
     ssize_t n = getline(&line, &cap, f);
     int rc = 0;
     if (n < 0 && ferror(f))
-        rc = fail(l, s, "redis.password_file", "%s: cannot read: %s", c->redis.password_file, strerror(errno));
+        rc = fail(l, s, file_key, "%s: cannot read: %s", path, strerror(errno));
     while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
         line[--n] = '\0';
     if (!rc && n <= 0)
-        rc = fail(l, s, "redis.password_file", "%s: the first line is empty", c->redis.password_file);
+        rc = fail(l, s, file_key, "%s: the first line is empty", path);
     else if (!rc && strlen(line) != (size_t)n)
-        rc = fail(l, s, "redis.password_file", "%s: holds a NUL byte", c->redis.password_file);
+        rc = fail(l, s, file_key, "%s: holds a NUL byte", path);
     fclose(f);
     if (rc) {
         free(line);
         return rc;
     }
-    free(c->redis.password);
-    c->redis.password = line;
+    free(*value);
+    *value = line;
+    return 0;
+}
+
+/* The secret files, then: the SASL password has one home only. */
+static int read_secrets(loader *l)
+{
+    svc_config *c = l->c;
+    if (*c->redis.password_file &&
+        read_secret_file(l, "redis.password_file", "redis.password", c->redis.password_file, &c->redis.password))
+        return -1;
+    if (*c->kafka.sasl_password_file &&
+        read_secret_file(l, "kafka.sasl_password_file", "kafka.sasl_password", c->kafka.sasl_password_file,
+                         &c->kafka.sasl_password))
+        return -1;
+    for (int i = 0; *c->kafka.sasl_password && i < c->kafka.n_props; i++)
+        if (!strcmp(c->kafka.props[i].key, "sasl.password"))
+            return fail(l, origin(l, "kafka.properties"), "kafka.properties",
+                        "sasl.password is set here and in kafka.sasl_password%s; set one of them",
+                        *c->kafka.sasl_password_file ? "_file" : "");
     return 0;
 }
 
@@ -926,7 +951,7 @@ static int validate(loader *l)
         return fail(l, origin(l, "model.b.percent"), "model.b.percent",
                     "is %d, but model.b.path is \"\": there is no variant b to rank those users",
                     c->model.b.percent);
-    return *c->redis.password_file ? read_password(l) : 0;
+    return read_secrets(l);
 }
 
 int svc_config_load(svc_config *c, const char *path, char *err, size_t errsz)

@@ -31,6 +31,8 @@ typedef struct svc_config {
         int commit_interval_ms;   /* auto.commit.interval.ms of stored offsets */
         svc_kv props[SVC_MAX_KAFKA_PROPS]; /* any librdkafka property, passed through */
         int n_props;
+        char *sasl_password;      /* librdkafka sasl.password, kept out of properties; or _file */
+        char *sasl_password_file;
     } kafka;
     struct {
         char *host;
@@ -72,6 +74,8 @@ typedef struct svc_config {
         int port;
         char *token;              /* bearer token for POST /v1/rank; "" = none */
         int max_body_bytes;
+        int rate_limit_rps;       /* POST /v1/rank requests per second; 0: no limit */
+        int rate_limit_burst;     /* the token bucket's depth; 0: one second of rate_limit_rps */
     } http;
     struct {
         char *level;              /* error | warn | info | debug */

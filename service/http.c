@@ -2,10 +2,14 @@
 #include "service/http.h"
 
 #include <arpa/inet.h>
+#include <math.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/err.h"
 
@@ -17,6 +21,12 @@ struct svc_http {
     svc_rank_fn rank;
     void *rank_ctx;
     int port;
+    /* the token bucket of POST /v1/rank (o.rate_rps > 0): one for every
+     * client, so that the limit is the service's capacity whatever the
+     * number of callers; a lock is cheap next to a ranking */
+    pthread_mutex_t bucket_mu;
+    double tokens, burst;
+    int64_t refilled_ns;
 };
 
 typedef struct body {
@@ -78,6 +88,51 @@ static int token_ok(const svc_http *h, struct MHD_Connection *c)
     return diff == 0;
 }
 
+static int64_t mono_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* Takes one token; 0 when there is none, with *retry_s the whole seconds
+ * until there will be (at least 1, as Retry-After counts seconds). */
+static int bucket_take(svc_http *h, int *retry_s)
+{
+    if (h->o.rate_rps <= 0)
+        return 1;
+    pthread_mutex_lock(&h->bucket_mu);
+    int64_t now = mono_ns();
+    h->tokens = fmin(h->burst, h->tokens + (double)(now - h->refilled_ns) * 1e-9 * h->o.rate_rps);
+    h->refilled_ns = now;
+    int ok = h->tokens >= 1.0;
+    if (ok)
+        h->tokens -= 1.0;
+    else
+        *retry_s = (int)ceil((1.0 - h->tokens) / h->o.rate_rps);
+    pthread_mutex_unlock(&h->bucket_mu);
+    if (!ok && *retry_s < 1)
+        *retry_s = 1;
+    return ok;
+}
+
+static enum MHD_Result too_many(svc_http *h, struct MHD_Connection *c, int retry_s)
+{
+    static const char msg[] = "rate limit exceeded\n";
+    struct MHD_Response *r = MHD_create_response_from_buffer(sizeof msg - 1, (void *)msg, MHD_RESPMEM_PERSISTENT);
+    if (!r)
+        return MHD_NO;
+    char after[16];
+    snprintf(after, sizeof after, "%d", retry_s);
+    MHD_add_response_header(r, "Content-Type", "text/plain; charset=utf-8");
+    MHD_add_response_header(r, "Retry-After", after);
+    enum MHD_Result rc = MHD_queue_response(c, 429, r);
+    MHD_destroy_response(r);
+    atomic_fetch_add_explicit(&h->m->http[SVC_EP_RANK][4], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->m->http_rate_limited, 1, memory_order_relaxed);
+    return rc;
+}
+
 static enum MHD_Result readyz(svc_http *h, struct MHD_Connection *c)
 {
     int mo = atomic_load(&h->m->ready_model), k = atomic_load(&h->m->ready_kafka),
@@ -98,12 +153,17 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     int post = strcmp(method, "POST") == 0, get = strcmp(method, "GET") == 0;
     if (ep == SVC_EP_RANK && post) {
         body *b = *con_cls;
-        if (!b) { /* the headers: refuse early what cannot be accepted */
+        if (!b) { /* the headers: refuse early what cannot be accepted. The
+                   * token comes first, so that callers without it neither
+                   * spend the rate limit nor learn the size limit. */
             const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
-            if (cl && strtoull(cl, NULL, 10) > h->o.max_body)
-                return text(h, c, ep, 413, "request body too large\n");
+            int retry_s = 1;
             if (!token_ok(h, c))
                 return text(h, c, ep, 401, "missing or wrong bearer token\n");
+            if (!bucket_take(h, &retry_s))
+                return too_many(h, c, retry_s);
+            if (cl && strtoull(cl, NULL, 10) > h->o.max_body)
+                return text(h, c, ep, 413, "request body too large\n");
             b = calloc(1, sizeof *b);
             if (!b)
                 return MHD_NO;
@@ -134,7 +194,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
             return text(h, c, ep, 500, "internal error\n");
         return reply(h, c, ep, status, "application/json", resp, rlen, 1);
     }
-    if (!get)
+    if (!get || ep == SVC_EP_RANK) /* POST /v1/rank is handled above */
         return text(h, c, ep, 405, "method not allowed\n");
     switch (ep) {
     case SVC_EP_HEALTHZ:
@@ -184,12 +244,17 @@ int svc_http_start(svc_http **out, const svc_http_opts *o, svc_metrics *m, svc_r
     h->rank = rank;
     h->rank_ctx = rank_ctx;
     h->token = o->token && *o->token ? strdup(o->token) : NULL;
+    h->burst = o->rate_burst > 0 ? o->rate_burst : o->rate_rps > 0 ? o->rate_rps : 1;
+    h->tokens = h->burst;
+    h->refilled_ns = mono_ns();
+    pthread_mutex_init(&h->bucket_mu, NULL);
     h->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL, (uint16_t)o->port, NULL, NULL,
                             handle, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
                             MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(o->threads > 0 ? o->threads : 2),
                             MHD_OPTION_NOTIFY_COMPLETED, completed, NULL,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30, MHD_OPTION_END);
     if (!h->d) {
+        pthread_mutex_destroy(&h->bucket_mu);
         free(h->token);
         free(h);
         return cm_errf(err, errsz, "http: cannot listen on %s:%d", o->bind, o->port);
@@ -205,6 +270,7 @@ void svc_http_stop(svc_http *h)
     if (!h)
         return;
     MHD_stop_daemon(h->d);
+    pthread_mutex_destroy(&h->bucket_mu);
     free(h->token);
     free(h);
 }

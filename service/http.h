@@ -8,8 +8,12 @@
  *                   with a token configured, only with "Authorization:
  *                   Bearer <token>"
  *
- * Bodies over max_body bytes are refused with 413 before they are read.
- * Nothing else changes state. */
+ * POST /v1/rank is checked in this order: the token (401), the rate limit
+ * (429 with Retry-After, a token bucket of rate_rps per second and
+ * rate_burst deep, shared by every client), the size (bodies over max_body
+ * bytes are refused with 413 before they are read). The other endpoints
+ * are neither authenticated nor limited: probes and scrapes must not fail
+ * under load. Nothing changes state; other methods are 405. */
 #ifndef RANKD_SERVICE_HTTP_H
 #define RANKD_SERVICE_HTTP_H
 
@@ -22,6 +26,8 @@ typedef struct svc_http_opts {
     int port;            /* 0: an ephemeral port (svc_http_port says which) */
     const char *token;   /* NULL or "": no authentication */
     size_t max_body;
+    int rate_rps;        /* POST /v1/rank per second; 0: no limit */
+    int rate_burst;      /* bucket depth; 0: rate_rps */
     int threads;         /* connection-handling threads */
 } svc_http_opts;
 

@@ -38,6 +38,8 @@ rd_kafka_conf_t *svc_kafka_conf(const svc_config *cfg, int producer, char *err, 
                            svc_kafka_set(c, "linger.ms", "0", err, errsz)));
     for (int i = 0; rc == 0 && i < cfg->kafka.n_props; i++)
         rc = svc_kafka_set(c, cfg->kafka.props[i].key, cfg->kafka.props[i].value, err, errsz);
+    if (rc == 0 && *cfg->kafka.sasl_password) /* the loader refused it in properties too */
+        rc = svc_kafka_set(c, "sasl.password", cfg->kafka.sasl_password, err, errsz);
     if (rc) {
         rd_kafka_conf_destroy(c);
         return NULL;

@@ -1,7 +1,8 @@
 /* service/kafka.h — librdkafka client configurations from rankd's config,
  * shared by `rankd serve` and `rankd rescore`: rankd's defaults, then the
- * config's kafka.properties (which may override them), librdkafka's log
- * lines through service/log.h. */
+ * config's kafka.properties (which may override them), then
+ * kafka.sasl_password as sasl.password; librdkafka's log lines through
+ * service/log.h. */
 #ifndef RANKD_SERVICE_KAFKA_H
 #define RANKD_SERVICE_KAFKA_H
 

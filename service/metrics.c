@@ -234,6 +234,8 @@ int svc_metrics_render(svc_metrics *m, char **out, size_t *len)
         for (int c = 2; c <= 5; c++)
             put(&b, "rankd_http_requests_total{endpoint=\"%s\",code=\"%dxx\"} %llu\n", eps[e], c,
                 (unsigned long long)atomic_load(&m->http[e][c]));
+    counter(&b, "rankd_http_rate_limited_total", "POST /v1/rank answered 429 by http.rate_limit_rps.",
+            atomic_load(&m->http_rate_limited));
     if (b.oom) {
         free(b.p);
         return -1;

@@ -42,6 +42,7 @@ typedef struct svc_metrics {
     _Atomic uint64_t published, publish_errors;
     _Atomic uint64_t redis_errors, kafka_errors, rank_errors;
     _Atomic uint64_t http[SVC_EP_N][6]; /* status class 0..5 (2xx = 2) */
+    _Atomic uint64_t http_rate_limited;  /* 429s of POST /v1/rank */
     _Atomic int64_t consumer_lag;        /* messages, over assigned partitions */
     _Atomic int64_t in_flight;           /* events consumed, not yet committed */
     _Atomic int ready_model, ready_kafka, ready_redis;

@@ -765,7 +765,8 @@ static int start(serve *s, char *err, size_t errsz)
     check_health(s);
     if (c->http.enabled) {
         svc_http_opts ho = {.bind = c->http.bind, .port = c->http.port, .token = c->http.token,
-                            .max_body = (size_t)c->http.max_body_bytes, .threads = 2};
+                            .max_body = (size_t)c->http.max_body_bytes, .rate_rps = c->http.rate_limit_rps,
+                            .rate_burst = c->http.rate_limit_burst, .threads = 2};
         if (svc_http_start(&s->http, &ho, &s->metrics, http_rank, s, err, errsz))
             return -1;
         svc_info("http listening on %s:%d", c->http.bind, svc_http_port(s->http));

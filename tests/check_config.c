@@ -506,6 +506,42 @@ START_TEST(test_password_file)
 }
 END_TEST
 
+/* ---- kafka.sasl_password and kafka.sasl_password_file ------------------------------ */
+
+START_TEST(test_sasl_password)
+{
+    char pw[PATH_LEN], path[PATH_LEN], yaml[PATH_LEN + 64], err[CM_ERRSZ];
+    svc_config c;
+    write_file(pw, "kafka.pw", "sasl, with\\comma\nsecond line ignored\n");
+    snprintf(yaml, sizeof yaml, "kafka:\n  sasl_password_file: %s\n", pw);
+    write_file(path, "sasl.yaml", yaml);
+    load_ok(&c, path);
+    EXPECT_STR(c.kafka.sasl_password, "sasl, with\\comma"); /* no escaping needed in a file */
+    ck_assert_ptr_null(prop(&c, "sasl.password"));            /* kept out of the properties */
+    char *out = print_str(&c);
+    ck_assert_msg(!strstr(out, "with\\comma"), "the SASL password is printed:\n%s", out);
+    ck_assert_ptr_nonnull(strstr(out, "  sasl_password: \"***\""));
+    free(out);
+    svc_config_free(&c);
+    /* the environment, verbatim: commas are no separators here */
+    setenv("RANKD_KAFKA_SASL_PASSWORD", "a,b\\c", 1);
+    load_ok(&c, NULL);
+    EXPECT_STR(c.kafka.sasl_password, "a,b\\c");
+    svc_config_free(&c);
+    /* both routes at once are refused, naming the keys (never the value) */
+    load_fail(yaml, err, path);
+    ck_assert_msg(strstr(err, "kafka.sasl_password_file: kafka.sasl_password is set too"), "%s", err);
+    unsetenv("RANKD_KAFKA_SASL_PASSWORD");
+    load_fail("kafka:\n  sasl_password: pw-SECRET\n  properties:\n    sasl.password: pw-SECRET\n", err, path);
+    ck_assert_msg(strstr(err, "sasl.password is set here and in kafka.sasl_password;"), "%s", err);
+    ck_assert_msg(!strstr(err, "SECRET"), "a secret in an error message: %s", err);
+    write_file(pw, "kafka.pw", "\n");
+    snprintf(yaml, sizeof yaml, "kafka:\n  sasl_password_file: %s\n", pw);
+    load_fail(yaml, err, path);
+    ck_assert_msg(strstr(err, ":2: kafka.sasl_password_file: ") && strstr(err, "the first line is empty"), "%s", err);
+}
+END_TEST
+
 /* ---- printing ------------------------------------------------------------------- */
 
 START_TEST(test_print_masks_secrets)
@@ -742,6 +778,7 @@ int main(void)
     tcase_add_loop_test(tc, test_env_errors, 0, (int)(sizeof env_cases / sizeof env_cases[0]));
     tcase_add_test(tc, test_missing_file);
     tcase_add_test(tc, test_password_file);
+    tcase_add_test(tc, test_sasl_password);
     tcase_add_test(tc, test_print_masks_secrets);
     tcase_add_test(tc, test_print_round_trip);
     tcase_add_test(tc, test_free);
