@@ -629,7 +629,7 @@ START_TEST(test_crash_binary)
     th_kafka k;
     th_redis rd;
     n_log = 0;
-    n_users = 40;
+    n_users = 60; /* up to 480 events: the stream outlasts the kills */
     paths_init();
     th_redis_start(&rd, NULL);
     th_kafka_start(&k, TOPICS, 3, PARTS);
