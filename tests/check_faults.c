@@ -347,7 +347,7 @@ START_TEST(test_redis_restart)
         committed_unapplied += log_[i].off < committed[log_[i].part];
     th_redis_restart(&rd);
     double outage_ms = th_now_ms() - t_kill;
-    double ready_ms = wait_readyz(run.http_port, 200, 5000);
+    double ready_ms = wait_readyz(run.http_port, 200, 10000); /* the backoff is up to 2 s */
 
     send_events(&k, PHASE);
     int lost = collect(&k, &o, n_log, 20000);
@@ -467,6 +467,7 @@ START_TEST(test_broker_faults)
     send_events(&k, 30);
     locate_inputs(&k);
     th_sleep_ms(2500); /* many commit intervals, one message timeout */
+    int readyz_b = readyz(run.http_port); /* printed: readiness says whether events can be consumed */
     committed_offsets(&k, committed);
     int published_b = o.distinct;
     bad_commits += committed_unpublished(committed, &o); /* o: lists before the outage, none can be newer */
@@ -475,10 +476,10 @@ START_TEST(test_broker_faults)
     int lost_b = collect(&k, &o, n_log, 20000);
     double perr_b = th_serve_metric(&run, "rankd_publish_errors_total");
     bad_commits += commit_check(&k, committed, &o, 10000);
-    printf("broker: B: output broker down 2.5 s with %d new events (%d triggers): commits moved %lld offsets "
-           "meanwhile (past no unpublished trigger), lists before it %d; up again: lost %d, duplicates %d, "
-           "rankd_publish_errors_total %.0f\n", n_log - b0, triggers_in(b0, n_log), moved, published_b, lost_b,
-           o.dupes, perr_b);
+    printf("broker: B: output broker down 2.5 s with %d new events (%d triggers): /readyz %d, commits moved %lld "
+           "offsets meanwhile (past no unpublished trigger), lists before it %d; up again: lost %d, duplicates %d, "
+           "rankd_publish_errors_total %.0f\n", n_log - b0, triggers_in(b0, n_log), readyz_b, moved, published_b,
+           lost_b, o.dupes, perr_b);
 
     /* C: every broker down, then up. */
     for (int b = 1; b <= 3; b++)
