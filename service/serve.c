@@ -54,6 +54,23 @@ typedef struct dead_letter { /* the opaque of a dead-letter message */
     int64_t offset;
 } dead_letter;
 
+/* A message the producer would not even queue (rd_kafka_producev failed:
+ * the topic is in an error state, e.g. after an authorization failure,
+ * until librdkafka's next metadata refresh). It is kept, with its opaque,
+ * and produced again every KEEP_RETRY_NS from the consumer thread: its
+ * event's offset must wait for it, and dropping it would also leak the
+ * slot and stall that partition's commits for good. */
+typedef struct kept_msg {
+    struct kept_msg *next;
+    int dead_letter;           /* to the dead-letter topic, else the output topic */
+    void *opaque;              /* the message's: a slot or a dead_letter */
+    rd_kafka_headers_t *hdrs;  /* owned, or NULL */
+    size_t len, key_len;
+    char bytes[];              /* payload, then key */
+} kept_msg;
+
+#define KEEP_RETRY_NS 200000000LL
+
 typedef struct serve {
     const svc_config *cfg;
     volatile sig_atomic_t *stop;
@@ -82,6 +99,10 @@ typedef struct serve {
     pthread_mutex_t fail_mu;
     svc_slot **failed;
     int n_failed;
+    /* messages the producer refused to queue, produced again later */
+    pthread_mutex_t keep_mu;
+    kept_msg *kept;
+    int64_t kept_retry_ns;
 } serve;
 
 /* ---- Kafka clients ------------------------------------------------------------------------ */
@@ -187,20 +208,106 @@ static void event_done(serve *s, int32_t partition, int64_t offset)
     svc_offsets_ack(s->offsets, partition, offset);
 }
 
+/* How produce() waits out a full queue: the consumer thread drains the
+ * delivery reports, so it polls, the batcher thread sleeps, and a delivery
+ * report callback (inside rd_kafka_poll) does not wait: it keeps the
+ * message. */
+enum { FULL_SLEEP, FULL_POLL, FULL_KEEP };
+
+/* Hands a message to the producer (payload, key and headers copied; the
+ * caller keeps its own). Returns 0, or the error when the producer would not
+ * queue it. */
+static rd_kafka_resp_err_t produce(serve *s, int dl, const void *payload, size_t len, const void *key,
+                                   size_t key_len, const rd_kafka_headers_t *hdrs, void *opaque, int full)
+{
+    const char *topic = dl ? s->cfg->kafka.dead_letter_topic : s->cfg->kafka.output_topic;
+    rd_kafka_resp_err_t e;
+    do {
+        rd_kafka_headers_t *h = hdrs ? rd_kafka_headers_copy(hdrs) : NULL;
+        e = rd_kafka_producev(s->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_VALUE((void *)payload, len),
+                              RD_KAFKA_V_KEY(key, key_len), RD_KAFKA_V_HEADERS(h),
+                              RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
+        if (e && h) /* the producer owns the headers only once it took the message */
+            rd_kafka_headers_destroy(h);
+        if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL && full == FULL_POLL)
+            rd_kafka_poll(s->producer, 10);
+        else if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL && full == FULL_SLEEP)
+            usleep(1000);
+    } while (e == RD_KAFKA_RESP_ERR__QUEUE_FULL && full != FULL_KEEP);
+    return e;
+}
+
+/* Produces a message, or keeps it to produce again (kept_msg). */
+static void produce_or_keep(serve *s, int dl, const void *payload, size_t len, const void *key, size_t key_len,
+                            const rd_kafka_headers_t *hdrs, void *opaque, int full)
+{
+    rd_kafka_resp_err_t e = produce(s, dl, payload, len, key, key_len, hdrs, opaque, full);
+    if (!e)
+        return;
+    atomic_fetch_add(&s->metrics.publish_errors, 1);
+    kept_msg *k = malloc(sizeof *k + len + key_len);
+    if (!k)
+        abort(); /* without it the event could never be committed */
+    *k = (kept_msg){.dead_letter = dl, .opaque = opaque, .hdrs = hdrs ? rd_kafka_headers_copy(hdrs) : NULL,
+                    .len = len, .key_len = key_len};
+    memcpy(k->bytes, payload, len);
+    if (key_len)
+        memcpy(k->bytes + len, key, key_len);
+    pthread_mutex_lock(&s->keep_mu);
+    int first = s->kept == NULL;
+    k->next = s->kept;
+    s->kept = k;
+    pthread_mutex_unlock(&s->keep_mu);
+    if (first)
+        svc_warn("produce to %s: %s; keeping the message to produce again",
+                 dl ? s->cfg->kafka.dead_letter_topic : s->cfg->kafka.output_topic, rd_kafka_err2str(e));
+}
+
+/* On the consumer thread: the kept messages, produced again; those the
+ * producer still refuses stay kept. */
+static void produce_kept(serve *s)
+{
+    int64_t now = rk_now_ns();
+    if (now < s->kept_retry_ns)
+        return;
+    s->kept_retry_ns = now + KEEP_RETRY_NS;
+    pthread_mutex_lock(&s->keep_mu);
+    kept_msg *k = s->kept;
+    s->kept = NULL;
+    pthread_mutex_unlock(&s->keep_mu);
+    while (k) {
+        kept_msg *next = k->next;
+        const char *key = k->bytes + k->len;
+        if (produce(s, k->dead_letter, k->bytes, k->len, key, k->key_len, k->hdrs, k->opaque, FULL_POLL)) {
+            pthread_mutex_lock(&s->keep_mu);
+            k->next = s->kept;
+            s->kept = k;
+            pthread_mutex_unlock(&s->keep_mu);
+        } else {
+            if (k->hdrs)
+                rd_kafka_headers_destroy(k->hdrs);
+            free(k);
+        }
+        k = next;
+    }
+}
+
 /* Runs on the consumer thread (rd_kafka_poll of the producer). A refused
- * message is produced again: its event's offset must not be committed
- * before its output is in the topic. */
+ * message is produced again, headers and all: its event's offset must not
+ * be committed before its output is in the topic. */
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
+    (void)rk;
     serve *s = opaque;
     const char *topic = rd_kafka_topic_name(m->rkt);
     int dl = strcmp(topic, s->cfg->kafka.dead_letter_topic) == 0;
     if (m->err) {
         atomic_fetch_add(&s->metrics.publish_errors, 1);
         svc_warn("produce to %s failed (%s); producing again", topic, rd_kafka_err2str(m->err));
-        rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_VALUE(m->payload, m->len),
-                          RD_KAFKA_V_KEY(m->key, m->key_len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                          RD_KAFKA_V_OPAQUE(m->_private), RD_KAFKA_V_END);
+        rd_kafka_headers_t *hdrs = NULL;
+        if (rd_kafka_message_headers(m, &hdrs))
+            hdrs = NULL;
+        produce_or_keep(s, dl, m->payload, m->len, m->key, m->key_len, hdrs, m->_private, FULL_KEEP);
         return;
     }
     if (dl) {
@@ -249,6 +356,7 @@ static void drain_failed(serve *s)
 static void serve_producer(serve *s)
 {
     rd_kafka_poll(s->producer, 0);
+    produce_kept(s);
     drain_failed(s);
     store_offsets(s);
 }
@@ -287,16 +395,7 @@ static void job_done(rk_job *j, int status, const char *err, void *ctx)
         pthread_mutex_unlock(&s->fail_mu);
         return;
     }
-    rd_kafka_resp_err_t e;
-    while ((e = rd_kafka_producev(s->producer, RD_KAFKA_V_TOPIC(s->cfg->kafka.output_topic),
-                                  RD_KAFKA_V_VALUE(out, (size_t)len), RD_KAFKA_V_KEY(slot->user, strlen(slot->user)),
-                                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(slot),
-                                  RD_KAFKA_V_END)) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
-        usleep(1000); /* the consumer thread drains delivery reports */
-    if (e) { /* not even queued: treat as a failed ranking, the event is replayed after a restart */
-        atomic_fetch_add(&s->metrics.publish_errors, 1);
-        svc_error("produce to %s: %s", s->cfg->kafka.output_topic, rd_kafka_err2str(e));
-    }
+    produce_or_keep(s, 0, out, (size_t)len, slot->user, strlen(slot->user), NULL, slot, FULL_SLEEP);
 }
 
 /* ---- unavailable items ----------------------------------------------------------------------------- */
@@ -384,18 +483,11 @@ static void dead_letter_msg(serve *s, msg_state *ms)
     snprintf(src, sizeof src, "%d:%lld", (int)m->partition, (long long)m->offset);
     atomic_fetch_add(&s->metrics.events[ms->kind][SVC_OUT_DEAD_LETTER], 1);
     svc_debug("dead-letter %s: %s", src, ms->reason);
-    rd_kafka_resp_err_t e;
-    while ((e = rd_kafka_producev(s->producer, RD_KAFKA_V_TOPIC(s->cfg->kafka.dead_letter_topic),
-                                  RD_KAFKA_V_VALUE(m->payload, m->len), RD_KAFKA_V_KEY(m->key, m->key_len),
-                                  RD_KAFKA_V_HEADER("rankd-error", ms->reason, -1),
-                                  RD_KAFKA_V_HEADER("rankd-source", src, -1),
-                                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(d),
-                                  RD_KAFKA_V_END)) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
-        rd_kafka_poll(s->producer, 10);
-    if (e) {
-        svc_error("dead-letter produce: %s", rd_kafka_err2str(e));
-        free(d);
-    }
+    rd_kafka_headers_t *h = rd_kafka_headers_new(2);
+    rd_kafka_header_add(h, "rankd-error", -1, ms->reason, -1);
+    rd_kafka_header_add(h, "rankd-source", -1, src, -1);
+    produce_or_keep(s, 1, m->payload, m->len, m->key, m->key_len, h, d, FULL_POLL);
+    rd_kafka_headers_destroy(h);
 }
 
 /* A string as JSON text, malloc'd (NULL on out of memory). */
@@ -795,6 +887,21 @@ static void finish(serve *s)
     rd_kafka_consumer_close(s->consumer);
 }
 
+/* Messages still kept at the end: their events were not committed and
+ * will be consumed again; slots are freed with the slot pool. */
+static void free_kept(serve *s)
+{
+    while (s->kept) {
+        kept_msg *k = s->kept;
+        s->kept = k->next;
+        if (k->dead_letter)
+            free(k->opaque);
+        if (k->hdrs)
+            rd_kafka_headers_destroy(k->hdrs);
+        free(k);
+    }
+}
+
 static void teardown(serve *s)
 {
     svc_http_stop(s->http);
@@ -818,6 +925,8 @@ static void teardown(serve *s)
     pthread_key_delete(s->http_parser);
     pthread_mutex_destroy(&s->un_mu);
     pthread_mutex_destroy(&s->fail_mu);
+    free_kept(s);
+    pthread_mutex_destroy(&s->keep_mu);
     svc_metrics_destroy(&s->metrics);
 }
 
@@ -834,6 +943,7 @@ int svc_serve(const svc_config *cfg, volatile sig_atomic_t *stop, svc_ready_fn r
     pthread_key_create(&s.http_parser, free_parser);
     pthread_mutex_init(&s.un_mu, NULL);
     pthread_mutex_init(&s.fail_mu, NULL);
+    pthread_mutex_init(&s.keep_mu, NULL);
     int rc = start(&s, err, errsz);
     if (rc == 0) {
         svc_info("consuming %s as group %s from %s", cfg->kafka.input_topic, cfg->kafka.group_id, cfg->kafka.brokers);

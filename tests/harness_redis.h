@@ -49,6 +49,7 @@ typedef struct th_redis {
     int janitor_fd;            /* write end of the janitor's pipe; closing it wakes it */
     int port;                  /* 127.0.0.1:port, kept across restarts */
     char password[128];        /* "" for none */
+    int aof;                   /* appendonly yes, appendfsync always */
     char dir[256];             /* scratch directory: redis.log, redis-server's --dir */
     char log[300];
 } th_redis;
@@ -109,7 +110,8 @@ static inline void th_close_fds(int keep)
             close(fd);
 }
 
-/* Removes the files of dir, then dir (it holds no subdirectories). */
+/* Removes dir and what it holds (Redis 7 keeps its append-only files in a
+ * subdirectory). */
 static inline int th_rm_dir(const char *dir)
 {
     DIR *d = opendir(dir);
@@ -117,8 +119,10 @@ static inline int th_rm_dir(const char *dir)
     char path[600];
     while (d && (e = readdir(d))) {
         if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-            unlink(path);
+            if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path)
+                continue;
+            if (unlink(path) != 0 && (errno == EISDIR || errno == EPERM))
+                th_rm_dir(path);
         }
     }
     if (d)
@@ -165,10 +169,14 @@ static inline void th_redis_spawn(th_redis *r)
 {
     char port[16];
     snprintf(port, sizeof port, "%d", r->port);
-    const char *argv[16] = {"redis-server", "--port", port, "--bind", "127.0.0.1",
-                            "--save", "", "--appendonly", "no", "--protected-mode", "yes",
+    const char *argv[18] = {"redis-server", "--port", port, "--bind", "127.0.0.1",
+                            "--save", "", "--appendonly", r->aof ? "yes" : "no", "--protected-mode", "yes",
                             "--dir", r->dir};
     int argc = 13;
+    if (r->aof) {
+        argv[argc++] = "--appendfsync";
+        argv[argc++] = "always";
+    }
     if (r->password[0]) {
         argv[argc++] = "--requirepass";
         argv[argc++] = r->password;
@@ -194,7 +202,8 @@ static inline void th_redis_spawn(th_redis *r)
     r->pid = pid;
 }
 
-/* Waits until the server answers PING (NOAUTH counts: it is up). Returns 0,
+/* Waits until the server answers PING (NOAUTH counts: it is up; LOADING,
+ * an append-only file being replayed, does not). Returns 0,
  * or -1 when the process exited (port taken, bad option) or never answered. */
 static inline int th_redis_wait_ready(th_redis *r)
 {
@@ -209,11 +218,14 @@ static inline int th_redis_wait_ready(th_redis *r)
         if (c && !c->err) {
             redisSetTimeout(c, (struct timeval){0, 500000});
             redisReply *rep = redisCommand(c, "PING");
-            if (rep) {
+            int loading = rep && rep->type == REDIS_REPLY_ERROR && !strncmp(rep->str, "LOADING", 7);
+            if (rep && !loading) {
                 freeReplyObject(rep);
                 redisFree(c);
                 return 0;
             }
+            if (rep)
+                freeReplyObject(rep);
         }
         if (c)
             redisFree(c);
@@ -224,9 +236,10 @@ static inline int th_redis_wait_ready(th_redis *r)
 
 /* Starts a server on a free loopback port (and a janitor for its
  * directory); fails the test when it does not answer within 5 s. */
-static inline void th_redis_start(th_redis *r, const char *password)
+static inline void th_redis_start_opts(th_redis *r, const char *password, int aof)
 {
     memset(r, 0, sizeof *r);
+    r->aof = aof;
     r->pid = r->janitor = -1;
     r->janitor_fd = -1;
     ck_assert_msg(th_on_path("redis-server"),
@@ -262,6 +275,17 @@ static inline void th_redis_start(th_redis *r, const char *password)
                  "%s ends:\n%s", r->port, TH_REDIS_READY_MS, r->log, th_redis_log_tail(r));
 }
 
+static inline void th_redis_start(th_redis *r, const char *password)
+{
+    th_redis_start_opts(r, password, 0);
+}
+
+/* With an append-only file that survives th_redis_kill and th_redis_restart. */
+static inline void th_redis_start_aof(th_redis *r, const char *password)
+{
+    th_redis_start_opts(r, password, 1);
+}
+
 /* Waits for the server to exit after `sig` (SIGKILL after 5 s). */
 static inline void th_redis_signal_wait(th_redis *r, int sig)
 {
@@ -288,7 +312,10 @@ static inline void th_redis_kill(th_redis *r)
 }
 
 /* A fresh server on the same port (stopping the running one first); its
- * data is gone, as after a crash of a server without persistence. */
+ * data is gone, as after a crash of a server without persistence, unless
+ * it was started with th_redis_start_aof: then it replays its append-only
+ * file (th_redis_wait_ready waits for that: Redis answers LOADING until
+ * done, an error reply, so PING is retried). */
 static inline void th_redis_restart(th_redis *r)
 {
     th_redis_signal_wait(r, SIGTERM);
