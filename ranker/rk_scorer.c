@@ -13,7 +13,12 @@
  *   2. retrieve: the top retrieve_n of the catalog for the others;
  *   3. score again: the head scores of those retrieved items.
  * The ranking logit is the head score plus the retrieval logit; the top k
- * by it, ties to the earlier candidate, is the answer. */
+ * by it, ties to the earlier candidate, is the answer.
+ *
+ * At run time a failed GPU call that is not a refusal of bad input (the
+ * CPU's validation of the same requests passes) moves the scorer to the
+ * CPU for good and the batch is redone there: a ranking is late, never
+ * lost, when the GPU fails. */
 #include "ranker/rk_scorer.h"
 
 #include <stdio.h>
@@ -51,26 +56,54 @@ struct rk_scorer {
     int width;             /* max(max_cands, retrieve_n) */
     char device[128];
     char fallback[CM_ERRSZ]; /* model.device auto on the CPU: why not the GPU */
+    int device_failed;       /* the last backend call failed on the device, not on its input */
+    int inject;              /* rk_scorer_inject_fault: fail the next call */
 };
+
+/* 1 (and device_failed set) when the next call must fail as injected. */
+static int injected(rk_scorer *s, char *err, size_t errsz)
+{
+    if (!s->inject)
+        return 0;
+    s->inject = 0;
+    s->device_failed = 1;
+    cm_errf(err, errsz, "injected device fault");
+    return 1;
+}
 
 static int cpu_score(rk_scorer *s, const lm_request *reqs, int n, char *err, size_t errsz)
 {
-    return lm_scorer_run(s->sc, reqs, n, err, errsz);
+    return injected(s, err, errsz) || lm_scorer_run(s->sc, reqs, n, err, errsz);
 }
 
 static int cpu_retrieve(rk_scorer *s, lm_retrieval *reqs, int n, char *err, size_t errsz)
 {
-    return lm_retrieve(s->rt, reqs, n, err, errsz);
+    return injected(s, err, errsz) || lm_retrieve(s->rt, reqs, n, err, errsz);
 }
 
+/* A failed GPU call is the device's fault unless the CPU's validation of
+ * the same input (the engine's, word for word) refuses it too. */
 static int gpu_score(rk_scorer *s, const lm_request *reqs, int n, char *err, size_t errsz)
 {
-    return gp_engine_score(s->gpu, reqs, n, err, errsz);
+    if (injected(s, err, errsz))
+        return -1;
+    if (gp_engine_score(s->gpu, reqs, n, err, errsz) == 0)
+        return 0;
+    char why[CM_ERRSZ];
+    s->device_failed = !lm_requests_check(&s->m->cfg, s->o.max_batch, s->width, reqs, n, why, sizeof why);
+    return -1;
 }
 
 static int gpu_retrieve(rk_scorer *s, lm_retrieval *reqs, int n, char *err, size_t errsz)
 {
-    return gp_engine_retrieve(s->gpu, reqs, n, err, errsz);
+    if (injected(s, err, errsz))
+        return -1;
+    if (gp_engine_retrieve(s->gpu, reqs, n, err, errsz) == 0)
+        return 0;
+    char why[CM_ERRSZ];
+    s->device_failed =
+        !lm_retrievals_check(s->o.max_batch, s->o.retrieve_n, s->o.max_exclude, reqs, n, why, sizeof why);
+    return -1;
 }
 
 static const rk_backend cpu_backend = {cpu_score, cpu_retrieve};
@@ -247,7 +280,7 @@ static int check(const rk_scorer *s, const rk_request *reqs, int n, char *err, s
     return 0;
 }
 
-int rk_scorer_rank(rk_scorer *s, rk_request *reqs, int n, char *err, size_t errsz)
+static int rank_once(rk_scorer *s, rk_request *reqs, int n, char *err, size_t errsz)
 {
     if (check(s, reqs, n, err, errsz))
         return -1;
@@ -299,3 +332,39 @@ int rk_scorer_rank(rk_scorer *s, rk_request *reqs, int n, char *err, size_t errs
     }
     return 0;
 }
+
+/* The move to the CPU after a device failure (why); the GPU engine is freed
+ * (its context may be unusable), a CPU backend replaces a failed one. */
+static int fall_back(rk_scorer *s, const char *why, char *err, size_t errsz)
+{
+    gp_engine_free(s->gpu);
+    s->gpu = NULL;
+    lm_retriever_free(s->rt);
+    lm_scorer_free(s->sc);
+    s->rt = NULL;
+    s->sc = NULL;
+    if (open_cpu(s, err, errsz))
+        return -1;
+    snprintf(s->fallback, sizeof s->fallback, "%s", why);
+    if (s->o.on_fallback)
+        s->o.on_fallback(s->o.fallback_ctx, why);
+    return 0;
+}
+
+int rk_scorer_rank(rk_scorer *s, rk_request *reqs, int n, char *err, size_t errsz)
+{
+    s->device_failed = 0;
+    if (rank_once(s, reqs, n, err, errsz) == 0)
+        return 0;
+    if (!s->device_failed)
+        return -1;
+    char why[CM_ERRSZ];
+    snprintf(why, sizeof why, "%s failed at run time (%.400s); scoring on the CPU from now on",
+             s->gpu ? "the GPU" : "the scorer", err);
+    s->device_failed = 0;
+    if (fall_back(s, why, err, errsz))
+        return -1;
+    return rank_once(s, reqs, n, err, errsz);
+}
+
+void rk_scorer_inject_fault(rk_scorer *s) { s->inject = 1; }

@@ -36,6 +36,11 @@ typedef struct rk_scorer_opts {
     /* "cpu"; "cuda": the GPU engine, or rk_scorer_new fails saying why;
      * "auto" (or NULL): the GPU engine where it starts, else the CPU. */
     const char *device;
+    /* Called (from the thread that ranks) when a GPU call fails at run
+     * time and the scorer moves to the CPU for good; why: one line, valid
+     * during the call. NULL: not told. */
+    void (*on_fallback)(void *ctx, const char *why);
+    void *fallback_ctx;
 } rk_scorer_opts;
 
 typedef struct rk_scorer rk_scorer;
@@ -46,11 +51,21 @@ int rk_scorer_new(rk_scorer **out, const lm_model *m, const rk_scorer_opts *o, c
 void rk_scorer_free(rk_scorer *s);
 const char *rk_scorer_device(const rk_scorer *s); /* "cpu (avx512 kernels, int8, 2 threads)", ... */
 int rk_scorer_gpu(const rk_scorer *s);            /* 1: scoring on the GPU */
-/* With device "auto" on the CPU: why the GPU engine was not used (one line,
- * for the caller to log); NULL otherwise. Valid as long as the scorer. */
+/* On the CPU with device "auto", or after a run-time fallback: why not
+ * the GPU (one line, for the caller to log); NULL otherwise. Valid until
+ * the next rk_scorer_rank. */
 const char *rk_scorer_fallback_reason(const rk_scorer *s);
 
-/* Ranks n requests. -1 with err when a request is invalid (nothing written). */
+/* Ranks n requests. -1 with err when a request is invalid (nothing written).
+ * A GPU call that fails for any other reason moves the scorer to the CPU
+ * (a CUDA error may leave the device unusable), which redoes the batch:
+ * the answers are the CPU's, on_fallback is called and rk_scorer_gpu is 0
+ * from then on; -1 only where the CPU cannot start either. */
 int rk_scorer_rank(rk_scorer *s, rk_request *reqs, int n, char *err, size_t errsz);
+
+/* For tests: the next backend call fails as a failing device would, so
+ * that the move above can be tested on any backend (on the CPU it moves to
+ * a new CPU backend). */
+void rk_scorer_inject_fault(rk_scorer *s);
 
 #endif

@@ -212,8 +212,9 @@ int svc_metrics_render(svc_metrics *m, char **out, size_t *len)
     counter(&b, "rankd_rank_errors_total", "Rank requests the scorer refused.", atomic_load(&m->rank_errors));
     gauge(&b, "rankd_scorer_gpu", "1 when the scorer runs on the GPU, 0 on the CPU.",
           atomic_load(&m->scorer_gpu));
-    counter(&b, "rankd_scorer_cpu_fallbacks_total", "Scorers started on the CPU because model.device auto "
-            "found no usable GPU (the reason is logged).", atomic_load(&m->scorer_fallbacks));
+    counter(&b, "rankd_scorer_cpu_fallbacks_total", "Scorers on the CPU instead of the GPU: started there "
+            "because model.device auto found no usable GPU, or moved there when a GPU call failed at run time "
+            "(the reason is logged).", atomic_load(&m->scorer_fallbacks));
     gauge(&b, "rankd_consumer_lag", "Messages behind the high watermark, over assigned partitions.",
           (long long)atomic_load(&m->consumer_lag));
     gauge(&b, "rankd_events_in_flight", "Events consumed and not yet committable.",

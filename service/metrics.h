@@ -50,7 +50,7 @@ typedef struct svc_metrics {
     _Atomic uint64_t model_reload_failures[SVC_MAX_VARIANTS]; /* artifacts refused on reload */
     _Atomic int models_retiring;         /* replaced versions not yet freed (rankings still on them) */
     _Atomic int scorer_gpu;              /* 1: the scorer runs on the GPU */
-    _Atomic uint64_t scorer_fallbacks;   /* model.device auto that ended on the CPU */
+    _Atomic uint64_t scorer_fallbacks;   /* scorers on the CPU for want of a GPU: at start or at run time */
     svc_histogram e2e;                   /* event consumed -> ranking acknowledged */
     svc_histogram rank_latency;          /* request queued -> ranked (batcher + scorer) */
     _Atomic uint64_t batch_size[SVC_BATCH_BUCKETS]; /* from the batcher's stats */

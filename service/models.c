@@ -199,6 +199,16 @@ static void log_scorer(const svc_models *ms, const svc_mver *v)
              v->model.m->cfg.n_items - 1, rk_scorer_device(v->scorer));
 }
 
+/* A scorer that moved to the CPU at run time (rk_scorer_rank's fallback):
+ * logged and counted as the start-up fallback is. */
+static void scorer_fell_back(void *ctx, const char *why)
+{
+    svc_models *ms = ctx;
+    svc_warn("model.device: %s", why);
+    atomic_fetch_add(&ms->mx->scorer_fallbacks, 1);
+    atomic_store(&ms->mx->scorer_gpu, 0);
+}
+
 /* ---- start and stop ---------------------------------------------------------------------------- */
 
 int svc_models_new(svc_models **out, const svc_config *cfg, const rk_scorer_opts *so, svc_metrics *metrics,
@@ -210,6 +220,8 @@ int svc_models_new(svc_models **out, const svc_config *cfg, const rk_scorer_opts
         return cm_errf(err, errsz, "out of memory");
     ms->cfg = cfg;
     ms->so = *so;
+    ms->so.on_fallback = scorer_fell_back;
+    ms->so.fallback_ctx = ms;
     ms->mx = metrics;
     ms->check_ms = cfg->model.reload_check_ms;
     ms->n = *cfg->model.b.path ? 2 : 1;

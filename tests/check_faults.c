@@ -22,6 +22,7 @@
 #include <sys/wait.h>
 
 #include "gpu/engine.h"
+#include "ranker/rk_scorer.h"
 #include "llm/train_model.h"
 #include "tests/harness_kafka.h"
 #include "tests/harness_redis.h"
@@ -728,6 +729,74 @@ static int count_lines(const char *path, const char *needle, char *first, size_t
  * starts on the CPU, logs why in one line and counts it; model.device cuda
  * refuses to start and says why. Where a GPU is usable (gp_probe), auto
  * must take it and cuda start: the test checks that instead. */
+/* ---- a device failing at run time ---------------------------------------------------------------- */
+
+static int scorer_fallbacks;
+
+static void on_scorer_fallback(void *ctx, const char *why)
+{
+    (void)ctx;
+    scorer_fallbacks++;
+    printf("scorer fault: fallback: %s\n", why);
+}
+
+#define SF_B 6
+#define SF_K 5
+
+/* rk_scorer_rank after a backend call fails as a failing GPU would
+ * (rk_scorer_inject_fault; on this GPU-less machine the backend is the
+ * CPU, and the move goes to a new CPU backend): the batch is redone and
+ * answered exactly as before, the caller is told once, and a refusal of
+ * bad input is no device failure. The GPU side runs in make test-gpu
+ * (tests/check_gpu.c, scorer). */
+START_TEST(test_scorer_fault)
+{
+    lm_model *m = tu_case_model("small", 1);
+    char err[CM_ERRSZ] = "";
+    rk_scorer *sc = NULL;
+    rk_scorer_opts o = {.max_batch = SF_B, .max_cands = 20, .max_k = SF_K, .max_exclude = 8, .retrieve_n = 20,
+                        .threads = 1, .device = "cpu", .on_fallback = on_scorer_fallback};
+    ck_assert_msg(rk_scorer_new(&sc, m, &o, err, sizeof err) == 0, "%s", err);
+    int32_t hist[SF_B][8], acts[SF_B][8], cands[SF_B][20], items[2][SF_B][SF_K];
+    float scores[2][SF_B][SF_K];
+    rk_request rq[2][SF_B];
+    for (int b = 0; b < SF_B; b++) {
+        for (int t = 0; t < 8; t++) {
+            hist[b][t] = 1 + (b * 37 + t * 11) % (m->cfg.n_items - 1);
+            acts[b][t] = (b + t) % m->cfg.n_actions;
+        }
+        for (int j = 0; j < 20; j++)
+            cands[b][j] = 1 + (b * 53 + j * 7) % (m->cfg.n_items - 1);
+        for (int r = 0; r < 2; r++)
+            rq[r][b] = (rk_request){.hist_items = hist[b], .hist_actions = acts[b], .n_hist = b + 1,
+                                    .exclude = hist[b], .n_exclude = b + 1, .cands = b % 2 ? NULL : cands[b],
+                                    .n_cands = b % 2 ? 0 : 20, .k = SF_K, .out_items = items[r][b],
+                                    .out_scores = scores[r][b]};
+    }
+    scorer_fallbacks = 0;
+    ck_assert_msg(rk_scorer_rank(sc, rq[0], SF_B, err, sizeof err) == 0, "%s", err);
+    rk_scorer_inject_fault(sc);
+    ck_assert_msg(rk_scorer_rank(sc, rq[1], SF_B, err, sizeof err) == 0, "after the fault: %s", err);
+    int same = 0;
+    for (int b = 0; b < SF_B; b++)
+        same += rq[1][b].n_out == rq[0][b].n_out && rq[0][b].n_out == SF_K &&
+                !memcmp(items[0][b], items[1][b], sizeof items[0][b]) &&
+                !memcmp(scores[0][b], scores[1][b], sizeof scores[0][b]);
+    const char *why = rk_scorer_fallback_reason(sc);
+    printf("scorer fault: %d requests (half given candidates, half retrieval), answers after the fault equal "
+           "before: %d of %d; fallbacks %d; now %s\n", SF_B, same, SF_B, scorer_fallbacks, rk_scorer_device(sc));
+    ck_assert_int_eq(same, SF_B);
+    ck_assert_int_eq(scorer_fallbacks, 1);
+    ck_assert_msg(why && strstr(why, "failed at run time"), "reason: %s", why ? why : "(none)");
+    rq[1][0].k = 0; /* bad input: refused, and no move */
+    ck_assert_int_eq(rk_scorer_rank(sc, rq[1], SF_B, err, sizeof err), -1);
+    printf("scorer fault: a bad request is refused (%s) with no fallback (%d)\n", err, scorer_fallbacks);
+    ck_assert_int_eq(scorer_fallbacks, 1);
+    rk_scorer_free(sc);
+    lm_model_free(m);
+}
+END_TEST
+
 START_TEST(test_gpu_absent)
 {
     th_kafka k;
@@ -796,6 +865,7 @@ int main(void)
 {
     Suite *s = suite_create("faults");
     TCase *tc = tcase_create("faults");
+    tcase_add_test(tc, test_scorer_fault);
     tcase_add_test(tc, test_gpu_absent);
     tcase_add_test(tc, test_redis_restart);
     tcase_add_test(tc, test_broker_faults);

@@ -781,12 +781,21 @@ END_TEST
 #define RK_K 10
 #define RK_RETRIEVE 100
 
+static int n_fallbacks; /* rk_new's scorers' run-time fallbacks */
+
+static void count_fallback(void *ctx, const char *why)
+{
+    (void)ctx;
+    n_fallbacks++;
+    printf("scorer      fallback: %s\n", why);
+}
+
 static rk_scorer *rk_new(const lm_model *m, const char *device)
 {
     char err[CM_ERRSZ] = "";
     rk_scorer *s = NULL;
     rk_scorer_opts o = {.max_batch = BIG_B, .max_cands = BIG_M, .max_k = RK_K, .max_exclude = MAX_EXCL,
-                        .retrieve_n = RK_RETRIEVE, .threads = 0, .device = device};
+                        .retrieve_n = RK_RETRIEVE, .threads = 0, .device = device, .on_fallback = count_fallback};
     ck_assert_msg(rk_scorer_new(&s, m, &o, err, sizeof err) == 0, "rk_scorer_new %s: %s", device, err);
     printf("scorer      device %-4s: %s\n", device, rk_scorer_device(s));
     return s;
@@ -850,6 +859,21 @@ START_TEST(test_scorer)
            "answers cuda vs cpu: overlap mean %.3f (worst %.2f, min mean %.2f)\n", BIG_B, BIG_M, RK_RETRIEVE,
            RK_K, sum / BIG_B, worst, TOP10_MEAN);
     ck_assert_msg(sum / BIG_B >= TOP10_MEAN, "mean top-%d overlap %.3f < %.2f", RK_K, sum / BIG_B, TOP10_MEAN);
+    /* a GPU call failing at run time: the batch is redone on the CPU, whose
+     * answers these must then be, bit for bit */
+    n_fallbacks = 0;
+    rk_scorer_inject_fault(gpu);
+    rk_requests(&bt, rg, gi, gs);
+    rk_rank(gpu, rg, BIG_B);
+    int same = 0;
+    for (int b = 0; b < BIG_B; b++)
+        same += rg[b].n_out == rc[b].n_out &&
+                !memcmp(rg[b].out_items, rc[b].out_items, sizeof(int32_t) * (size_t)rc[b].n_out) &&
+                !memcmp(rg[b].out_scores, rc[b].out_scores, sizeof(float) * (size_t)rc[b].n_out);
+    printf("scorer      injected GPU fault: %d fallback, now on %s; %d of %d answers the CPU's exactly\n", n_fallbacks,
+           rk_scorer_device(gpu), same, BIG_B);
+    ck_assert_msg(n_fallbacks == 1 && !rk_scorer_gpu(gpu), "fallbacks %d, gpu %d", n_fallbacks, rk_scorer_gpu(gpu));
+    ck_assert_int_eq(same, BIG_B);
     rk_scorer_free(cpu);
     rk_scorer_free(gpu);
     rk_scorer_free(aut);
