@@ -27,6 +27,7 @@
 #include "tests/harness_kafka.h"
 #include "tests/harness_redis.h"
 #include "tests/harness_serve.h"
+#include "tests/harness_model.h"
 #include "tests/testutil.h"
 
 #define N_ITEMS 40
@@ -42,32 +43,6 @@ static char model_path[TU_PATH], config_path[TU_PATH];
 
 /* ---- the model ------------------------------------------------------------------------------- */
 
-static void write_model(const char *path)
-{
-    lm_config c = {.d_model = 16, .n_heads = 2, .n_layers = 1, .d_ffn = 32, .max_hist = MAX_HIST,
-                   .n_items = N_ITEMS + 1, .n_actions = 3};
-    tr_limits lim = {.max_seqs = 1, .max_tokens = MAX_HIST, .max_groups = 0, .group_size = 2};
-    tr_model *m;
-    char err[CM_ERRSZ];
-    ck_assert_msg(tr_model_new(&m, &c, &lim, NULL, err, sizeof err) == 0, "%s", err);
-    tr_model_init(m, 5, 0.5f);
-    const char *ids[N_ITEMS + 1];
-    char buf[N_ITEMS + 1][8];
-    ids[0] = "";
-    for (int i = 1; i <= N_ITEMS; i++) {
-        snprintf(buf[i], sizeof buf[i], "i%d", i);
-        ids[i] = buf[i];
-    }
-    lm_st_writer *w = lm_st_writer_new();
-    ck_assert_msg(tr_model_write(m, w, 1, err, sizeof err) == 0 &&
-                      lm_st_writer_meta(w, "actions", "[\"view\",\"click\",\"purchase\"]", err, sizeof err) == 0 &&
-                      lm_st_writer_meta(w, "name", "faults-test", err, sizeof err) == 0 &&
-                      lm_vocab_write(w, ids, N_ITEMS + 1, err, sizeof err) == 0 &&
-                      lm_st_writer_save(w, path, err, sizeof err) == 0,
-                  "%s", err);
-    lm_st_writer_free(w);
-    tr_model_free(m);
-}
 
 /* ---- the world --------------------------------------------------------------------------------- */
 
@@ -94,7 +69,7 @@ static void paths_init(void)
 {
     snprintf(model_path, sizeof model_path, "%s/model.safetensors", tu_tmp_root());
     snprintf(config_path, sizeof config_path, "%s/rankd.yaml", tu_tmp_root());
-    write_model(model_path);
+    th_write_model(model_path, N_ITEMS, MAX_HIST, 5, 1, "faults-test");
 }
 
 /* ---- events ------------------------------------------------------------------------------------ */

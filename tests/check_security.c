@@ -31,6 +31,7 @@
 #include "tests/harness_kafka.h"
 #include "tests/harness_redis.h"
 #include "tests/harness_serve.h"
+#include "tests/harness_model.h"
 #include "tests/testutil.h"
 
 /* ---- the HTTP server alone, with a stub ranker ------------------------------------------- */
@@ -302,24 +303,6 @@ END_TEST
 #define HTTP_SECRET "http-S3CRET-token"
 #define SASL_SECRET "sasl-S3CRET-pw"
 
-static void write_model(const char *path)
-{
-    lm_config c = {.d_model = 16, .n_heads = 2, .n_layers = 1, .d_ffn = 32, .max_hist = 8, .n_items = 21,
-                   .n_actions = 3};
-    tr_limits lim = {.max_seqs = 1, .max_tokens = 8, .max_groups = 0, .group_size = 2};
-    tr_model *m;
-    char err[CM_ERRSZ];
-    ck_assert_msg(tr_model_new(&m, &c, &lim, NULL, err, sizeof err) == 0, "%s", err);
-    tr_model_init(m, 5, 0.5f);
-    lm_st_writer *w = lm_st_writer_new();
-    ck_assert_msg(tr_model_write(m, w, 1, err, sizeof err) == 0 &&
-                      lm_st_writer_meta(w, "actions", "[\"view\",\"click\",\"purchase\"]", err, sizeof err) == 0 &&
-                      lm_st_writer_meta(w, "name", "sec-test", err, sizeof err) == 0 &&
-                      lm_st_writer_save(w, path, err, sizeof err) == 0,
-                  "%s", err);
-    lm_st_writer_free(w);
-    tr_model_free(m);
-}
 
 /* The whole of a file, malloc'd. */
 static char *slurp(const char *path)
@@ -364,7 +347,7 @@ START_TEST(test_secrets_nowhere)
     tu_tmp_path(config, "rankd.yaml");
     tu_tmp_path(pwfile, "redis.pw");
     tu_tmp_path(logpath, "serve.log");
-    write_model(model);
+    th_write_model(model, 20, 8, 5, 0, "sec-test");
     FILE *f = fopen(pwfile, "w");
     fprintf(f, "%s\n", REDIS_SECRET);
     fclose(f);

@@ -20,6 +20,7 @@
 #include "tests/harness_http.h"
 #include "tests/harness_kafka.h"
 #include "tests/harness_redis.h"
+#include "tests/harness_model.h"
 #include "tests/testutil.h"
 
 #define N_ITEMS 40
@@ -31,32 +32,6 @@ static const char *const TOPICS[] = {"ev", "out", "dlq"};
 
 /* ---- a model with a vocabulary and action names ------------------------------------------- */
 
-static void write_model(const char *path)
-{
-    lm_config c = {.d_model = 16, .n_heads = 2, .n_layers = 1, .d_ffn = 32, .max_hist = 8,
-                   .n_items = N_ITEMS + 1, .n_actions = 3};
-    tr_limits lim = {.max_seqs = 1, .max_tokens = 8, .max_groups = 0, .group_size = 2};
-    tr_model *m;
-    char err[CM_ERRSZ];
-    ck_assert_msg(tr_model_new(&m, &c, &lim, NULL, err, sizeof err) == 0, "%s", err);
-    tr_model_init(m, 5, 0.5f);
-    const char *ids[N_ITEMS + 1];
-    char buf[N_ITEMS + 1][8];
-    ids[0] = "";
-    for (int i = 1; i <= N_ITEMS; i++) {
-        snprintf(buf[i], sizeof buf[i], "i%d", i);
-        ids[i] = buf[i];
-    }
-    lm_st_writer *w = lm_st_writer_new();
-    ck_assert_msg(tr_model_write(m, w, 1, err, sizeof err) == 0 &&
-                      lm_st_writer_meta(w, "actions", "[\"view\",\"click\",\"purchase\"]", err, sizeof err) == 0 &&
-                      lm_st_writer_meta(w, "name", "svc-test", err, sizeof err) == 0 &&
-                      lm_vocab_write(w, ids, N_ITEMS + 1, err, sizeof err) == 0 &&
-                      lm_st_writer_save(w, path, err, sizeof err) == 0,
-                  "%s", err);
-    lm_st_writer_free(w);
-    tr_model_free(m);
-}
 
 /* ---- the service in a thread ----------------------------------------------------------------------- */
 
@@ -238,7 +213,7 @@ static void setup_world(th_kafka *k, th_redis *rd)
     n_log = 0;
     snprintf(model_path, sizeof model_path, "%s/model.safetensors", tu_tmp_root());
     snprintf(config_path, sizeof config_path, "%s/rankd.yaml", tu_tmp_root());
-    write_model(model_path);
+    th_write_model(model_path, N_ITEMS, 8, 5, 1, "svc-test");
     th_redis_start(rd, NULL);
     th_kafka_start(k, TOPICS, 3, PARTS);
     write_config(k, rd);
