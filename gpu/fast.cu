@@ -141,18 +141,6 @@ __device__ __forceinline__ float ex2(float x)
     return y;
 }
 
-__device__ __forceinline__ float quad_sum(float v)
-{
-    v += __shfl_xor_sync(0xffffffffu, v, 1);
-    return v + __shfl_xor_sync(0xffffffffu, v, 2);
-}
-
-__device__ __forceinline__ float quad_max(float v)
-{
-    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-
 /* ---- int8 rows in the accumulator layout ------------------------------------------------ */
 
 /* lm_quantize_row_ref's rule for a row whose |max| is amax: the factor v is
@@ -245,8 +233,8 @@ template <int NT> __device__ __forceinline__ Moments moments(const float4 *xs)
         s1 += v.z + v.w;
     }
     Moments mo;
-    mo.m0 = quad_sum(s0) * (1.0f / (8 * NT));
-    mo.m1 = quad_sum(s1) * (1.0f / (8 * NT));
+    mo.m0 = gp_quad_sum(s0) * (1.0f / (8 * NT));
+    mo.m1 = gp_quad_sum(s1) * (1.0f / (8 * NT));
     float v0 = 0.0f, v1 = 0.0f;
 #pragma unroll
     for (int j = 0; j < NT; j++) {
@@ -254,8 +242,8 @@ template <int NT> __device__ __forceinline__ Moments moments(const float4 *xs)
         v0 += (v.x - mo.m0) * (v.x - mo.m0) + (v.y - mo.m0) * (v.y - mo.m0);
         v1 += (v.z - mo.m1) * (v.z - mo.m1) + (v.w - mo.m1) * (v.w - mo.m1);
     }
-    mo.r0 = 1.0f / sqrtf(quad_sum(v0) * (1.0f / (8 * NT)) + 1e-5f);
-    mo.r1 = 1.0f / sqrtf(quad_sum(v1) * (1.0f / (8 * NT)) + 1e-5f);
+    mo.r0 = 1.0f / sqrtf(gp_quad_sum(v0) * (1.0f / (8 * NT)) + 1e-5f);
+    mo.r1 = 1.0f / sqrtf(gp_quad_sum(v1) * (1.0f / (8 * NT)) + 1e-5f);
     return mo;
 }
 
@@ -284,7 +272,7 @@ __device__ __forceinline__ void ln_quant(const float4 *xs, const float *w, const
         am0 = fmaxf(am0, fmaxf(fabsf(y.x), fabsf(y.y)));
         am1 = fmaxf(am1, fmaxf(fabsf(y.z), fabsf(y.w)));
     }
-    const Quant q0 = quant_of(quad_max(am0)), q1 = quant_of(quad_max(am1));
+    const Quant q0 = quant_of(gp_quad_max(am0)), q1 = quant_of(gp_quad_max(am1));
     sr0 = q0.scale;
     sr1 = q1.scale;
 #pragma unroll
@@ -449,7 +437,7 @@ __global__ void __launch_bounds__(THREADS, MINB) fast_kernel(const FW *__restric
                         d1 += q.z * k.z + q.w * k.w;
                         ov[(h * HNT + j) * 32 + lane] = make_uint2(h2u(vv.x, vv.y), h2u(vv.z, vv.w));
                     }
-                    ssm[h * 32 + lane] = make_float2(quad_sum(d0), quad_sum(d1));
+                    ssm[h * 32 + lane] = make_float2(gp_quad_sum(d0), gp_quad_sum(d1));
                 }
             }
         }
@@ -519,8 +507,8 @@ __global__ void __launch_bounds__(THREADS, MINB) fast_kernel(const FW *__restric
                         else
                             mx1 = fmaxf(mx1, s[j][e]);
                     }
-                mx0 = quad_max(mx0);
-                mx1 = quad_max(mx1);
+                mx0 = gp_quad_max(mx0);
+                mx1 = gp_quad_max(mx1);
                 float l0 = 0.0f, l1 = 0.0f;
 #pragma unroll
                 for (int j = 0; j < 8; j++) {
@@ -533,7 +521,7 @@ __global__ void __launch_bounds__(THREADS, MINB) fast_kernel(const FW *__restric
                 }
                 const float ps0 = HIST ? 0.0f : ex2((ss.x - mx0) * sl2);
                 const float ps1 = HIST ? 0.0f : ex2((ss.y - mx1) * sl2);
-                const float i0 = 1.0f / (quad_sum(l0) + ps0), i1 = 1.0f / (quad_sum(l1) + ps1);
+                const float i0 = 1.0f / (gp_quad_sum(l0) + ps0), i1 = 1.0f / (gp_quad_sum(l1) + ps1);
                 float o[HNT][4];
 #pragma unroll
                 for (int j = 0; j < HNT; j++)
@@ -582,7 +570,7 @@ __global__ void __launch_bounds__(THREADS, MINB) fast_kernel(const FW *__restric
                     am0 = fmaxf(am0, fmaxf(fabsf(p.x), fabsf(p.y)));
                     am1 = fmaxf(am1, fmaxf(fabsf(q.x), fabsf(q.y)));
                 }
-                const Quant q0 = quant_of(quad_max(am0)), q1 = quant_of(quad_max(am1));
+                const Quant q0 = quant_of(gp_quad_max(am0)), q1 = quant_of(gp_quad_max(am1));
 #pragma unroll
                 for (int ks = 0; ks < KS; ks++) {
                     float4 v[4];
@@ -625,7 +613,7 @@ __global__ void __launch_bounds__(THREADS, MINB) fast_kernel(const FW *__restric
                     am0 = fmaxf(am0, fmaxf(fabsf(hv[j].x), fabsf(hv[j].y)));
                     am1 = fmaxf(am1, fmaxf(fabsf(hv[j].z), fabsf(hv[j].w)));
                 }
-                const Quant q0 = quant_of(quad_max(am0)), q1 = quant_of(quad_max(am1));
+                const Quant q0 = quant_of(gp_quad_max(am0)), q1 = quant_of(gp_quad_max(am1));
                 uint32_t a2[4][4];
 #pragma unroll
                 for (int ks = 0; ks < 4; ks++)
@@ -673,8 +661,8 @@ __global__ void __launch_bounds__(THREADS, MINB) fast_kernel(const FW *__restric
             d0 += y.x * hw.x + y.y * hw.y;
             d1 += y.z * hw.x + y.w * hw.y;
         }
-        d0 = quad_sum(d0);
-        d1 = quad_sum(d1);
+        d0 = gp_quad_sum(d0);
+        d1 = gp_quad_sum(d1);
         if (t == 0) {
             if (tok0 < rows)
                 bt.scores[first + tok0] = d0 + fw->head_b;

@@ -17,6 +17,21 @@
 
 __host__ __device__ static inline int gp_round_up(int x, int m) { return (x + m - 1) / m * m; }
 
+/* Sum and maximum over the 4 lanes of a quad (lanes 4q .. 4q + 3), which
+ * hold one row between them in the m16n8 fragment layouts; every lane of
+ * the warp must take part. */
+static __device__ __forceinline__ float gp_quad_sum(float v)
+{
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+static __device__ __forceinline__ float gp_quad_max(float v)
+{
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
 /* A linear layer y = x W^T + b, W [n, k], row-major on the device with
  * zero padding: np rows (a multiple of 32; the FFN's d_ffn a multiple of
  * GP_FCHUNK) of kp elements (rows of 32-byte multiples). int8 models: q and

@@ -276,18 +276,6 @@ __device__ void gemm(const uint8_t *A, int lda, const float *sa, const gp_lin &l
  * Every lane of the warp must take part (the shuffles name all 32). */
 __device__ __forceinline__ int quad_row() { return (threadIdx.x >> 5) * 8 + ((threadIdx.x & 31) >> 2); }
 
-__device__ __forceinline__ float quad_sum(float v)
-{
-    v += __shfl_xor_sync(0xffffffffu, v, 1);
-    return v + __shfl_xor_sync(0xffffffffu, v, 2);
-}
-
-__device__ __forceinline__ float quad_max(float v)
-{
-    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-
 /* int8 by lm_quantize_row_ref's rule: rint(v * boost * inv), saturated
  * (|v| <= amax keeps it within +-127). */
 __device__ __forceinline__ int8_t q8(float v, float boost, float inv)
@@ -310,7 +298,7 @@ __device__ __forceinline__ void quad_store_row(G get, int n, int npad, uint8_t *
         for (int i = q * 4; i < n; i += 16)
             for (int j = 0; j < 4 && i + j < n; j++)
                 amax = fmaxf(amax, fabsf(get(i + j)));
-        amax = quad_max(amax);
+        amax = gp_quad_max(amax);
         const float boost = amax < 0x1p-100f ? 0x1p100f : 1.0f, inv = amax != 0.0f ? 127.0f / (amax * boost) : 0.0f;
         for (int i = q * 4; i < npad; i += 16) {
             char4 v;
@@ -341,14 +329,14 @@ __device__ __forceinline__ float2 quad_moments(const float *x, int d)
         float4 v = *(const float4 *)(x + i);
         s += (v.x + v.y) + (v.z + v.w);
     }
-    const float mean = quad_sum(s) / (float)d;
+    const float mean = gp_quad_sum(s) / (float)d;
     float v2 = 0.0f;
     for (int i = q * 4; i < d; i += 16) {
         float4 v = *(const float4 *)(x + i);
         v2 += (v.x - mean) * (v.x - mean) + (v.y - mean) * (v.y - mean) + (v.z - mean) * (v.z - mean) +
               (v.w - mean) * (v.w - mean);
     }
-    return make_float2(mean, 1.0f / sqrtf(quad_sum(v2) / (float)d + 1e-5f));
+    return make_float2(mean, 1.0f / sqrtf(gp_quad_sum(v2) / (float)d + 1e-5f));
 }
 
 /* ---- one layer of a tile -------------------------------------------------------------------- */
@@ -532,14 +520,14 @@ __device__ void softmax_rows(const Ctx &c, int h, int nk, int causal_first, int 
         const __half *qr = c.qkv() + (size_t)r * c.L.ldq + h * m.dhp;
         for (int i = q; i < m.dh; i += 4)
             ss += __half2float(qr[i]) * __half2float(qr[m.hp + i]);
-        ss = quad_sum(ss);
+        ss = gp_quad_sum(ss);
     }
     const int n = r >= c.rows ? 0 : cand ? nk : causal_first + r + 1;
     float *s = c.S() + (size_t)r * c.L.lds;
     float mx = -INFINITY;
     for (int j = q; j < n; j += 4)
         mx = fmaxf(mx, s[j]);
-    mx = fmaxf(quad_max(mx), cand ? ss : -INFINITY) * scale;
+    mx = fmaxf(gp_quad_max(mx), cand ? ss : -INFINITY) * scale;
     float sum = 0.0f;
     for (int j = q; j < n; j += 4) {
         float e = __expf(s[j] * scale - mx);
@@ -547,7 +535,7 @@ __device__ void softmax_rows(const Ctx &c, int h, int nk, int causal_first, int 
         sum += e;
     }
     const float es = cand ? __expf(ss * scale - mx) : 0.0f;
-    sum = quad_sum(sum) + es;
+    sum = gp_quad_sum(sum) + es;
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
     __half *p = c.P() + (size_t)r * c.L.ldp;
     for (int j = q; j < lp; j += 4)
@@ -751,7 +739,7 @@ __global__ void __launch_bounds__(THREADS, GP_CAND_MINB) cand_kernel(const gp_we
     float s = 0.0f;
     for (int i = q; i < m.d; i += 4)
         s += ((xr[i] - mr.x) * mr.y * w->lnf_w[i] + w->lnf_b[i]) * w->head_w[i];
-    s = quad_sum(s);
+    s = gp_quad_sum(s);
     if (q == 0 && r < c.rows)
         bt.scores[first + r] = s + w->head_b;
 }

@@ -20,6 +20,7 @@
 #include "tests/harness_http.h"
 #include "tests/harness_kafka.h"
 #include "tests/harness_redis.h"
+#include "tests/harness_serve.h"
 #include "tests/harness_model.h"
 #include "tests/testutil.h"
 
@@ -30,38 +31,7 @@
 
 static const char *const TOPICS[] = {"ev", "out", "dlq"};
 
-/* ---- a model with a vocabulary and action names ------------------------------------------- */
-
-
-/* ---- the service in a thread ----------------------------------------------------------------------- */
-
-typedef struct svc_run {
-    svc_config cfg;
-    pthread_t tid;
-    volatile sig_atomic_t stop;
-    int http_port, ready, rc;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    char err[CM_ERRSZ];
-} svc_run;
-
-static void on_ready(void *ctx, int port)
-{
-    svc_run *r = ctx;
-    pthread_mutex_lock(&r->mu);
-    r->http_port = port;
-    r->ready = 1;
-    pthread_cond_signal(&r->cv);
-    pthread_mutex_unlock(&r->mu);
-}
-
-static void *serve_thread(void *arg)
-{
-    svc_run *r = arg;
-    r->rc = svc_serve(&r->cfg, &r->stop, on_ready, r, r->err, sizeof r->err);
-    on_ready(r, 0); /* a failed start must not leave the test waiting */
-    return NULL;
-}
+/* ---- the config: the service runs in a thread (tests/harness_serve.h) ------------------------------ */
 
 static char model_path[TU_PATH], config_path[TU_PATH];
 
@@ -79,28 +49,6 @@ static void write_config(const th_kafka *k, const th_redis *rd)
                "logging:\n  level: warn\n",
             k->brokers, rd->port, model_path, RETRIEVE, K);
     fclose(f);
-}
-
-static void serve_start(svc_run *r)
-{
-    memset(r, 0, sizeof *r);
-    pthread_mutex_init(&r->mu, NULL);
-    pthread_cond_init(&r->cv, NULL);
-    ck_assert_msg(svc_config_load(&r->cfg, config_path, r->err, sizeof r->err) == 0, "%s", r->err);
-    ck_assert_int_eq(pthread_create(&r->tid, NULL, serve_thread, r), 0);
-    pthread_mutex_lock(&r->mu);
-    while (!r->ready)
-        pthread_cond_wait(&r->cv, &r->mu);
-    pthread_mutex_unlock(&r->mu);
-    ck_assert_msg(r->http_port > 0, "the service did not start: %s", r->err);
-}
-
-static void serve_stop(svc_run *r)
-{
-    r->stop = 1;
-    pthread_join(r->tid, NULL);
-    ck_assert_msg(r->rc == 0, "svc_serve: %s", r->err);
-    svc_config_free(&r->cfg);
 }
 
 /* ---- what the test sent, and what the model core says ---------------------------------------------- */
@@ -224,8 +172,8 @@ START_TEST(test_stream)
     th_kafka k;
     th_redis rd;
     setup_world(&k, &rd);
-    svc_run run;
-    serve_start(&run);
+    th_serve run;
+    th_serve_start(&run, config_path);
     const char *users[3] = {"alice", "bob", "carol"};
     const char *types[4] = {"view", "click", "view", "purchase"};
     for (int step = 0; step < 8; step++)
@@ -312,7 +260,7 @@ START_TEST(test_stream)
     rk_scorer_free(sc);
     svc_model_free(&sm);
     outputs_free(&o);
-    serve_stop(&run);
+    th_serve_stop(&run);
     th_kafka_stop(&k);
     th_redis_stop(&rd);
 }
@@ -334,8 +282,8 @@ START_TEST(test_unavailable)
     th_kafka k;
     th_redis rd;
     setup_world(&k, &rd);
-    svc_run run;
-    serve_start(&run);
+    th_serve run;
+    th_serve_start(&run, config_path);
     static char body[65536];
     const char *rank = "{\"event\":\"ranking\",\"id\":\"q\",\"timestamp\":1,\"user\":\"zed\","
                        "\"items\":[{\"id\":\"i1\"},{\"id\":\"i2\"},{\"id\":\"i3\"}]}";
@@ -381,7 +329,7 @@ START_TEST(test_unavailable)
     json_decref(before);
     json_decref(after);
     outputs_free(&o);
-    serve_stop(&run);
+    th_serve_stop(&run);
     th_kafka_stop(&k);
     th_redis_stop(&rd);
 }
@@ -396,21 +344,21 @@ START_TEST(test_restart)
     th_redis rd;
     setup_world(&k, &rd);
     const char *users[4] = {"u1", "u2", "u3", "u4"};
-    svc_run run;
-    serve_start(&run);
+    th_serve run;
+    th_serve_start(&run, config_path);
     for (int i = 0; i < 20; i++)
         send_interaction(&k, users[i % 4], 1 + (i * 3) % N_ITEMS, i % 3 ? "click" : "view");
-    serve_stop(&run); /* mid-stream: some events may not have been consumed yet */
+    th_serve_stop(&run); /* mid-stream: some events may not have been consumed yet */
     for (int i = 20; i < 40; i++)
         send_interaction(&k, users[i % 4], 1 + (i * 3) % N_ITEMS, i % 3 ? "click" : "view");
-    serve_start(&run);
+    th_serve_start(&run, config_path);
     int triggers = 0;
     for (int i = 0; i < n_log; i++)
         triggers += is_trigger(&log_[i]);
     outputs o;
     memset(&o, 0, sizeof o);
     th_kafka_read_all(&k, "out", PARTS, triggers, 20000, on_output, &o);
-    serve_stop(&run);
+    th_serve_stop(&run);
     int missing = 0;
     for (int t = 0; t < n_log; t++)
         missing += is_trigger(&log_[t]) && !o.by_id[t];
