@@ -948,7 +948,7 @@ static int load(svc_config *c, const char *path, const char *name, const unsigne
     if (!rc && path)
         rc = load_file(l, path);
     else if (!rc && name && len > MAX_FILE_BYTES)
-        rc = cm_errf(err, errsz, "%s: larger than %u bytes; is it a config file?", name, MAX_FILE_BYTES);
+        rc = cm_errf(err, errsz, "%s: %zu bytes, larger than %u; is it a config file?", name, len, MAX_FILE_BYTES);
     else if (!rc && name)
         rc = load_yaml(l, name, text, len);
     if (!rc)

@@ -22,6 +22,7 @@ struct svc_http {
 typedef struct body {
     char *p;
     size_t len;
+    size_t sent;  /* bytes the client sent, kept or not: for the 413's message */
     int too_big;
 } body;
 
@@ -60,6 +61,15 @@ static enum MHD_Result reply(svc_http *h, struct MHD_Connection *c, int ep, int 
 static enum MHD_Result text(svc_http *h, struct MHD_Connection *c, int ep, int status, const char *msg)
 {
     return reply(h, c, ep, status, "text/plain; charset=utf-8", (char *)msg, strlen(msg), 0);
+}
+
+/* 413 naming the size and the limit, so that a client can tell how far
+ * over it is and which key an operator would raise. */
+static enum MHD_Result too_large(svc_http *h, struct MHD_Connection *c, unsigned long long got)
+{
+    char msg[128];
+    snprintf(msg, sizeof msg, "request body of %llu bytes exceeds http.max_body_bytes (%zu)\n", got, h->o.max_body);
+    return text(h, c, SVC_EP_RANK, 413, msg);
 }
 
 /* Constant-time comparison, so that the token does not leak through timing. */
@@ -101,7 +111,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         if (!b) { /* the headers: refuse early what cannot be accepted */
             const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
             if (cl && strtoull(cl, NULL, 10) > h->o.max_body)
-                return text(h, c, ep, 413, "request body too large\n");
+                return too_large(h, c, strtoull(cl, NULL, 10));
             if (!token_ok(h, c))
                 return text(h, c, ep, 401, "missing or wrong bearer token\n");
             b = calloc(1, sizeof *b);
@@ -111,7 +121,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
             return MHD_YES;
         }
         if (*upload_size) {
-            if (b->len + *upload_size > h->o.max_body) {
+            b->sent += *upload_size;
+            if (b->too_big || b->len + *upload_size > h->o.max_body) {
                 b->too_big = 1;
             } else {
                 char *np = realloc(b->p, b->len + *upload_size + 1);
@@ -125,7 +136,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
             return MHD_YES;
         }
         if (b->too_big)
-            return text(h, c, ep, 413, "request body too large\n");
+            return too_large(h, c, b->sent);
         int status = 500;
         char *resp = NULL;
         size_t rlen = 0;

@@ -333,8 +333,8 @@ int svc_rank_body(svc_parser *p, svc_slots *pool, const char *body, size_t len, 
     if (svc_event_parse(p, body, len, ev, reason, rsz))
         return 400;
     if (ev->kind != SVC_EV_RANKING) {
-        cm_errf(reason, rsz, "expected a ranking event, got a%s %s event", ev->kind == SVC_EV_INTERACTION ? "n" : "",
-                svc_event_kind_name(ev->kind));
+        const char *kind = svc_event_kind_name(ev->kind);
+        cm_errf(reason, rsz, "expected a ranking event, got a%s %s event", strchr("aeiou", kind[0]) ? "n" : "", kind);
         return 400;
     }
     svc_slot *s = svc_slot_get(pool);

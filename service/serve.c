@@ -747,7 +747,12 @@ static int start(serve *s, char *err, size_t errsz)
     s->parser = svc_parser_new(&el);
     s->round = calloc((size_t)c->kafka.poll_batch, sizeof *s->round);
     s->failed = calloc(N_SLOTS, sizeof *s->failed);
-    if (!s->slots || !s->offsets || !s->parser || !s->round || !s->failed)
+    /* The slots are what ranking.max_candidates sizes (N_SLOTS of them, each
+     * with room for that many ids): say so, since that key is the likely cause. */
+    if (!s->slots)
+        return cm_errf(err, errsz, "out of memory for %d rankings in flight of up to ranking.max_candidates (%d) "
+                       "items each; lower ranking.max_candidates", N_SLOTS, c->ranking.max_candidates);
+    if (!s->offsets || !s->parser || !s->round || !s->failed)
         return cm_errf(err, errsz, "out of memory");
     if (rk_batcher_new(&s->batcher, NULL, &bo, err, errsz) || /* every job names its model's scorer */
         open_features(s, &s->fs, &s->fb, 2 * c->kafka.poll_batch, err, errsz) || /* a write + a read each */
