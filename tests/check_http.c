@@ -3,7 +3,8 @@
  * while reading a chunked body) through a real svc_http with a stub ranker,
  * and the body-to-request step (svc_rank_body) without a server: a ranking
  * event only, at most max_candidates items, ids of at most SVC_MAX_ID
- * bytes. Each refusal must name the limit and the value. */
+ * bytes. Each refusal must name the limit and the value. Then the history
+ * a request carries, cut to max_hist. */
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -198,6 +199,44 @@ START_TEST(test_rank_body)
 }
 END_TEST
 
+/* The history a request carries is the newest min(model max_hist, the
+ * pool's max_hist) entries of what the feature store returned, and the
+ * exclusions stop at max_exclude: a long history in Redis never overruns a
+ * slot. Rows are the ids themselves (a model without a vocabulary). */
+START_TEST(test_history_cut)
+{
+    static const char *const items[] = {"1", "2", "3", "4", "5", "6", "7", "8", "9", "10"};
+    static const char *const acts[] = {"click", "click", "click", "click", "click",
+                                       "click", "click", "click", "click", "click"};
+    svc_slot_limits sl = {.max_hist = 4, .max_exclude = 2, .max_cands = MAX_CANDS, .k = 2,
+                          .id_bytes = MAX_CANDS * (SVC_MAX_ID + 1)};
+    svc_slots *pool = svc_slots_new(1, &sl);
+    ck_assert_ptr_nonnull(pool);
+    const int model_hist[] = {3, 8};
+    const int want_n[] = {3, 4};
+    for (int k = 0; k < 2; k++) {
+        lm_model lm = {.cfg = {.max_hist = model_hist[k], .n_items = 100, .n_actions = 2}};
+        svc_model m = {.m = &lm};
+        fs_user_state st = {.n_hist = 10, .hist_items = items, .hist_actions = acts, .n_seen = 10, .seen = items};
+        svc_rank_rules rules = {.exclude_seen = 1, .k = 2};
+        svc_event ev = {.kind = SVC_EV_INTERACTION, .id = "e1", .user = "u1"};
+        svc_slot *slot = svc_slot_get(pool);
+        char err[256];
+        ck_assert_int_eq(svc_slot_begin(slot, &ev, err, sizeof err), 0);
+        ck_assert_int_eq(svc_slot_fill(slot, &m, &st, &rules, err, sizeof err), 0);
+        const rk_request *r = &slot->job.req;
+        printf("history of 10, model max_hist %d, pool max_hist 4: %d kept, newest %d; %d exclusions (max 2)\n",
+               model_hist[k], r->n_hist, r->hist_items[r->n_hist - 1], r->n_exclude);
+        ck_assert_int_eq(r->n_hist, want_n[k]);
+        ck_assert_int_eq(r->hist_items[0], 10 - want_n[k] + 1);
+        ck_assert_int_eq(r->hist_items[r->n_hist - 1], 10);
+        ck_assert_int_eq(r->n_exclude, 2);
+        svc_slot_put(pool, slot);
+    }
+    svc_slots_free(pool);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("http");
@@ -205,6 +244,7 @@ int main(void)
     tcase_add_test(tc, test_body_limit_content_length);
     tcase_add_test(tc, test_body_limit_chunked);
     tcase_add_loop_test(tc, test_rank_body, 0, (int)(sizeof rank_cases / sizeof rank_cases[0]));
+    tcase_add_test(tc, test_history_cut);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
