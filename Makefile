@@ -192,7 +192,7 @@ test-asan:
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  $(MAKE) --no-print-directory SAN=1 WITH_CUDA=0 test-unit
 
-# ---- fuzzing (tests/fuzz) ---------------------------------------------------
+# ---- fuzzing (tests/fuzz, docs/fuzzing.md) ----------------------------------
 #
 # Each target runs for FUZZ_SECONDS on a copy of its seeds
 # (tests/corpus/fuzz/<target>, which also hold the regression inputs of the
