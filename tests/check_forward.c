@@ -822,6 +822,8 @@ static const mutation mutations[] = {
      .fragment = "\"n_layers\" is 65, expected 1..64"},
     {.label = "negative max_hist", .meta_key = "max_hist", .meta_value = "-1",
      .fragment = "\"max_hist\" is -1, expected 1..4096"},
+    {.label = "max_hist over 4096", .meta_key = "max_hist", .meta_value = "4097",
+     .fragment = "\"max_hist\" is 4097, expected 1..4096"},
     {.label = "one item", .meta_key = "n_items", .meta_value = "1",
      .fragment = "\"n_items\" is 1, expected 2..268435456"},
     {.label = "huge d_model", .meta_key = "d_model", .meta_value = "8193",
