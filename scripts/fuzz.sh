@@ -49,9 +49,10 @@ for t in "$@"; do
   # -timeout: an input that takes 10 s is a hang; -rss_limit_mb: libFuzzer's
   # default, written down; -detect_leaks: LeakSanitizer after each input
   # that allocated more than it freed. UBSan aborts (-fno-sanitize-recover).
+  # stdin is /dev/null: a config naming /dev/stdin as a file must not wait.
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     "$bin" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -detect_leaks=1 -print_final_stats=1 \
-      -artifact_prefix="$art/" "$work" > "$log" 2>&1
+      -artifact_prefix="$art/" "$work" < /dev/null > "$log" 2>&1
   rc=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   # the last status line: "#N  DONE  cov: .. ft: .. corp: UNITS/SIZE ..."
