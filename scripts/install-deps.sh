@@ -39,7 +39,7 @@ for p in "${optional[@]}"; do installed "$p" || missing_opt+=("$p"); done
 
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null || { echo "install-deps.sh: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+  command -v sudo >/dev/null || { echo "install-deps.sh: need root or sudo to install: ${missing[*]} ${missing_opt[*]}" >&2; exit 1; }
   sudo="sudo"
 fi
 export DEBIAN_FRONTEND=noninteractive
