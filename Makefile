@@ -2,7 +2,10 @@
 #
 #   make              build build/rankd (CUDA parts only where nvcc exists)
 #   make test         install what is missing, build, run every Check suite,
-#                     then run them again under ASan + UBSan
+#                     then run them again under ASan + UBSan, then each fuzz
+#                     target briefly (FUZZ_CI_SECONDS, 10 s each)
+#   make fuzz         each libFuzzer target of tests/fuzz for FUZZ_SECONDS
+#                     (60) seconds; fails on any crash, leak or UB report
 #   make bench        CPU benchmarks against the PyTorch anchor
 #   make soak         rankd serve under a sustained load for SOAK_SECONDS
 #                     (180): latency, Redis memory and rankd's RSS over time
@@ -14,13 +17,19 @@
 #
 # Optional parts are switched by variables: WITH_CUDA=0 skips the GPU code
 # even where nvcc exists (gpu/engine_none.c stands in); SAN=1 builds with
-# AddressSanitizer and UndefinedBehaviorSanitizer into build/asan.
+# AddressSanitizer and UndefinedBehaviorSanitizer into build/asan; SAN=fuzz
+# builds with clang, libFuzzer's coverage and both sanitizers into
+# build/fuzz (make fuzz does that itself).
 
 CC      ?= gcc
 NVCC    ?= nvcc
 SAN     ?= 0
 ifeq ($(SAN),1)
 BUILD   ?= build/asan
+else ifeq ($(SAN),fuzz)
+BUILD   ?= build/fuzz
+OPT     ?= -O1
+override CC := $(or $(FUZZ_CC),clang)
 else
 BUILD   ?= build
 endif
@@ -44,8 +53,16 @@ ifeq ($(SAN),1)
 CFLAGS_COMMON += -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 LDFLAGS += -fsanitize=address,undefined
 endif
+# Coverage for libFuzzer and both sanitizers in every object the targets
+# reach; the targets alone link libFuzzer's main. The SIMD kernels are left
+# plain: no target runs them (a model is loaded, never run), and clang
+# takes minutes over each under ASan at -O3.
+ifeq ($(SAN),fuzz)
+FUZZ_INSTR := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+$(BUILD)/llm/kern_%.o: FUZZ_INSTR :=
+endif
 CFLAGS ?= $(OPT)
-ALL_CFLAGS = $(CFLAGS_COMMON) $(CFLAGS)
+ALL_CFLAGS = $(CFLAGS_COMMON) $(FUZZ_INSTR) $(CFLAGS)
 
 # ---- sources ---------------------------------------------------------------
 
@@ -104,7 +121,7 @@ CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null || echo -lcheck)
 
 BENCH_BINS := $(BUILD)/bench/bench_cpu $(BUILD)/bench/bench_service
 
-.PHONY: all deps test test-unit test-asan bench soak test-gpu bench-gpu gpu-deps run clean FORCE
+.PHONY: all deps test test-unit test-asan test-fuzz fuzz fuzz-build bench soak test-gpu bench-gpu gpu-deps run clean FORCE
 all: $(RANKD)
 
 $(BUILD)/%.o: %.c
@@ -171,10 +188,51 @@ test-unit: $(RANKD) $(TESTS)
 test: deps
 	@$(MAKE) --no-print-directory test-unit
 	@$(MAKE) --no-print-directory test-asan
+	@$(MAKE) --no-print-directory test-fuzz
 
 test-asan:
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  $(MAKE) --no-print-directory SAN=1 WITH_CUDA=0 test-unit
+
+# ---- fuzzing (tests/fuzz, docs/fuzzing.md) ----------------------------------
+#
+# Each target runs for FUZZ_SECONDS on a copy of its seeds
+# (tests/corpus/fuzz/<target>, which also hold the regression inputs of the
+# bugs found so far) and fails on a crash, a leak, UB or a timeout; the
+# input that did it lands in build/fuzz/artifacts/<target>/. make test runs
+# each for FUZZ_CI_SECONDS, and skips them, saying so, only where clang or
+# libFuzzer is missing (scripts/install-deps.sh installs them wherever the
+# distribution packages them).
+FUZZ_TARGETS    := events config safetensors rank_body
+FUZZ_SECONDS    ?= 60
+FUZZ_CI_SECONDS ?= 10
+FUZZ_BINS       := $(FUZZ_TARGETS:%=build/fuzz/tests/fuzz/fuzz_%)
+# What the targets link: the parsers and loaders, and what those call.
+FUZZ_LIB_SRCS   := common/strmap.c common/sha256.c llm/safetensors.c llm/model.c llm/kernels.c \
+                   llm/kern_scalar.c llm/kern_avx2.c llm/kern_avx512.c llm/kern_amx.c features/fs.c \
+                   service/events.c service/config.c service/rankreq.c
+FUZZ_LIB        := build/fuzz/libfuzzlib.a
+FUZZ_LIB_OBJS   := $(FUZZ_LIB_SRCS:%.c=build/fuzz/%.o) build/fuzz/configs/default_yaml.o
+
+$(FUZZ_LIB): $(FUZZ_LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+build/fuzz/tests/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(FUZZ_LIB) $(LDLIBS)
+
+fuzz-build:
+	@$(MAKE) --no-print-directory SAN=fuzz WITH_CUDA=0 $(FUZZ_BINS)
+
+fuzz: deps
+	@$(MAKE) --no-print-directory fuzz-build
+	@bash scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+test-fuzz:
+	@if bash scripts/fuzz.sh --probe; then \
+	  $(MAKE) --no-print-directory fuzz-build && bash scripts/fuzz.sh $(FUZZ_CI_SECONDS) $(FUZZ_TARGETS); \
+	else echo "test-fuzz: skipped (see above)"; fi
 
 bench: deps $(RANKD) $(BENCH_BINS)
 	@bash scripts/install-deps.sh --bench

@@ -326,16 +326,15 @@ static void carve_model(carve *c, lm_model *m)
     memcpy(&m->head_b, lm_st_find(c->f, "head.bias")->data, sizeof m->head_b);
 }
 
-int lm_model_load(lm_model **out, const char *path, char *err, size_t errsz)
+/* Validates and carves an opened file; closes it whatever happens. */
+static int load_st(lm_model **out, lm_st_file *f, char *err, size_t errsz)
 {
-    *out = NULL;
-    lm_st_file *f;
-    if (lm_st_open(&f, path, err, errsz))
-        return -1;
+    const char *path = lm_st_path(f);
     lm_model *m = calloc(1, sizeof *m);
     if (!m) {
+        cm_errf(err, errsz, "%s: out of memory", path);
         lm_st_close(f);
-        return cm_errf(err, errsz, "%s: out of memory", path);
+        return -1;
     }
     if (lm_config_read(f, &m->cfg, &m->quant, err, errsz) ||
         lm_model_check(f, &m->cfg, m->quant, err, errsz)) {
@@ -348,9 +347,10 @@ int lm_model_load(lm_model **out, const char *path, char *err, size_t errsz)
     m->arena_bytes = c.used;
     m->arena = aligned_alloc(64, c.used);
     if (!m->arena) {
+        cm_errf(err, errsz, "%s: cannot allocate %zu bytes for the weights", path, c.used);
         lm_st_close(f);
         free(m);
-        return cm_errf(err, errsz, "%s: cannot allocate %zu bytes for the weights", path, c.used);
+        return -1;
     }
     c.base = m->arena;
     c.used = 0;
@@ -358,6 +358,24 @@ int lm_model_load(lm_model **out, const char *path, char *err, size_t errsz)
     lm_st_close(f);
     *out = m;
     return 0;
+}
+
+int lm_model_load(lm_model **out, const char *path, char *err, size_t errsz)
+{
+    *out = NULL;
+    lm_st_file *f;
+    if (lm_st_open(&f, path, err, errsz))
+        return -1;
+    return load_st(out, f, err, errsz);
+}
+
+int lm_model_load_mem(lm_model **out, const void *buf, size_t len, const char *name, char *err, size_t errsz)
+{
+    *out = NULL;
+    lm_st_file *f;
+    if (lm_st_open_mem(&f, buf, len, name, err, errsz))
+        return -1;
+    return load_st(out, f, err, errsz);
 }
 
 void lm_model_free(lm_model *m)

@@ -91,6 +91,10 @@ int lm_model_check(const lm_st_file *f, const lm_config *cfg, lm_quant quant, ch
 
 /* Loads an fp32 or int8 artifact. The file is mapped only while loading. */
 int lm_model_load(lm_model **out, const char *path, char *err, size_t errsz);
+/* The same from a file image in memory (tests/fuzz/fuzz_safetensors.c);
+ * `name` stands for the path in messages. The model copies what it keeps:
+ * buf may go once this returns. */
+int lm_model_load_mem(lm_model **out, const void *buf, size_t len, const char *name, char *err, size_t errsz);
 void lm_model_free(lm_model *m);
 
 /* Adds the vocabulary tensor for ids[1..n_items-1] (ids[0] is ignored).

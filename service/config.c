@@ -954,7 +954,11 @@ static int validate(loader *l)
     return read_secrets(l);
 }
 
-int svc_config_load(svc_config *c, const char *path, char *err, size_t errsz)
+/* Both entry points: the default, then a file (path) or a text held in
+ * memory (name, text, len), then the environment, then the checks across
+ * keys. */
+static int load(svc_config *c, const char *path, const char *name, const unsigned char *text, size_t len,
+                char *err, size_t errsz)
 {
     loader *l = calloc(1, sizeof *l);
     memset(c, 0, sizeof *c);
@@ -968,6 +972,10 @@ int svc_config_load(svc_config *c, const char *path, char *err, size_t errsz)
         rc = check_default(l);
     if (!rc && path)
         rc = load_file(l, path);
+    else if (!rc && name && len > MAX_FILE_BYTES)
+        rc = cm_errf(err, errsz, "%s: %zu bytes, larger than %u; is it a config file?", name, len, MAX_FILE_BYTES);
+    else if (!rc && name)
+        rc = load_yaml(l, name, text, len);
     if (!rc)
         rc = load_env(l);
     if (!rc)
@@ -976,6 +984,16 @@ int svc_config_load(svc_config *c, const char *path, char *err, size_t errsz)
     if (rc)
         svc_config_free(c);
     return rc;
+}
+
+int svc_config_load(svc_config *c, const char *path, char *err, size_t errsz)
+{
+    return load(c, path, NULL, NULL, 0, err, errsz);
+}
+
+int svc_config_load_text(svc_config *c, const char *name, const char *text, size_t len, char *err, size_t errsz)
+{
+    return load(c, NULL, name, (const unsigned char *)text, len, err, errsz);
 }
 
 /* ---- printing ----------------------------------------------------------------- */

@@ -88,6 +88,10 @@ typedef struct svc_config {
  * earlier config first). On error the config is left freed and err says
  * where. */
 int svc_config_load(svc_config *c, const char *path, char *err, size_t errsz);
+/* The same with the file's bytes text[0..len) held in memory (need not
+ * end in NUL), `name` standing for the file in messages: for tests and
+ * tests/fuzz/fuzz_config.c. */
+int svc_config_load_text(svc_config *c, const char *name, const char *text, size_t len, char *err, size_t errsz);
 void svc_config_free(svc_config *c);
 
 /* The effective configuration as YAML, secrets (passwords, tokens, SASL

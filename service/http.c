@@ -32,6 +32,7 @@ struct svc_http {
 typedef struct body {
     char *p;
     size_t len;
+    size_t sent;  /* bytes the client sent, kept or not: for the 413's message */
     int too_big;
 } body;
 
@@ -70,6 +71,15 @@ static enum MHD_Result reply(svc_http *h, struct MHD_Connection *c, int ep, int 
 static enum MHD_Result text(svc_http *h, struct MHD_Connection *c, int ep, int status, const char *msg)
 {
     return reply(h, c, ep, status, "text/plain; charset=utf-8", (char *)msg, strlen(msg), 0);
+}
+
+/* 413 naming the size and the limit, so that a client can tell how far
+ * over it is and which key an operator would raise. */
+static enum MHD_Result too_large(svc_http *h, struct MHD_Connection *c, unsigned long long got)
+{
+    char msg[128];
+    snprintf(msg, sizeof msg, "request body of %llu bytes exceeds http.max_body_bytes (%zu)\n", got, h->o.max_body);
+    return text(h, c, SVC_EP_RANK, 413, msg);
 }
 
 /* Constant-time comparison, so that the token does not leak through timing. */
@@ -163,7 +173,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
             if (!bucket_take(h, &retry_s))
                 return too_many(h, c, retry_s);
             if (cl && strtoull(cl, NULL, 10) > h->o.max_body)
-                return text(h, c, ep, 413, "request body too large\n");
+                return too_large(h, c, strtoull(cl, NULL, 10));
             b = calloc(1, sizeof *b);
             if (!b)
                 return MHD_NO;
@@ -171,7 +181,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
             return MHD_YES;
         }
         if (*upload_size) {
-            if (b->len + *upload_size > h->o.max_body) {
+            b->sent += *upload_size;
+            if (b->too_big || b->len + *upload_size > h->o.max_body) {
                 b->too_big = 1;
             } else {
                 char *np = realloc(b->p, b->len + *upload_size + 1);
@@ -185,7 +196,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
             return MHD_YES;
         }
         if (b->too_big)
-            return text(h, c, ep, 413, "request body too large\n");
+            return too_large(h, c, b->sent);
         int status = 500;
         char *resp = NULL;
         size_t rlen = 0;

@@ -326,6 +326,30 @@ int svc_slot_begin(svc_slot *s, const svc_event *ev, char *err, size_t errsz)
     return 0;
 }
 
+int svc_rank_body(svc_parser *p, svc_slots *pool, const char *body, size_t len, svc_event *ev, svc_slot **slot,
+                  char *reason, size_t rsz)
+{
+    *slot = NULL;
+    if (svc_event_parse(p, body, len, ev, reason, rsz))
+        return 400;
+    if (ev->kind != SVC_EV_RANKING) {
+        const char *kind = svc_event_kind_name(ev->kind);
+        cm_errf(reason, rsz, "expected a ranking event, got a%s %s event", strchr("aeiou", kind[0]) ? "n" : "", kind);
+        return 400;
+    }
+    svc_slot *s = svc_slot_get(pool);
+    if (!s) {
+        cm_errf(reason, rsz, "too many rankings in flight");
+        return 503;
+    }
+    if (svc_slot_begin(s, ev, reason, rsz)) {
+        svc_slot_put(pool, s);
+        return 400;
+    }
+    *slot = s;
+    return 0;
+}
+
 int svc_slot_fill(svc_slot *s, const svc_model *m, const fs_user_state *st, const svc_rank_rules *rules,
                   char *err, size_t errsz)
 {

@@ -119,6 +119,16 @@ typedef struct svc_rank_rules {
  * The history is cut to the newest max_hist of the model m (which may keep
  * less than the pool's max_hist, after a reload or in an A/B test). */
 int svc_slot_begin(svc_slot *s, const svc_event *ev, char *err, size_t errsz);
+/* The body of POST /v1/rank up to the feature read: parses it with p (the
+ * HTTP thread's parser, whose limits are http.max_body_bytes and
+ * ranking.max_candidates), requires a ranking event, takes a slot from the
+ * pool and begins it. Returns 0 with *slot (the caller's to put back) and
+ * *ev (valid until p's next parse), or the HTTP status to answer (400 for
+ * a bad body, 503 when every slot is in flight) with a reason. Separate
+ * from the HTTP layer so that tests/fuzz/fuzz_rank_body.c runs it without
+ * a server. */
+int svc_rank_body(svc_parser *p, svc_slots *pool, const char *body, size_t len, svc_event *ev, svc_slot **slot,
+                  char *reason, size_t rsz);
 int svc_slot_fill(svc_slot *s, const svc_model *m, const fs_user_state *st, const svc_rank_rules *rules,
                   char *err, size_t errsz);
 

@@ -754,34 +754,28 @@ static void http_rank(void *ctx, const char *body, size_t len, int *status, char
         }
     }
     svc_event ev;
+    svc_slot *slot;
     char reason[256];
-    if (svc_event_parse(p, body, len, &ev, reason, sizeof reason))
-        return http_error(400, reason, status, resp, resp_len);
-    if (ev.kind != SVC_EV_RANKING)
-        return http_error(400, "expected a ranking event", status, resp, resp_len);
-    svc_slot *slot = svc_slot_get(s->slots);
-    if (!slot)
-        return http_error(503, "too many rankings in flight", status, resp, resp_len);
+    int bad = svc_rank_body(p, s->slots, body, len, &ev, &slot, reason, sizeof reason);
+    if (bad)
+        return http_error(bad, reason, status, resp, resp_len);
     slot->partition = -1;
     slot->consumed_ns = t0;
-    int rc = svc_slot_begin(slot, &ev, reason, sizeof reason);
     pthread_mutex_lock(&s->http_mu);
     fs_batch_reset(s->fb_http);
-    int h = rc == 0 ? fs_batch_read_user(s->fb_http, ev.user) : -1;
+    int h = fs_batch_read_user(s->fb_http, ev.user);
     char err[CM_ERRSZ];
     fs_user_state st;
-    if (rc == 0 && (h < 0 || fs_batch_exec(s->fb_http, err, sizeof err))) {
+    if (h < 0 || fs_batch_exec(s->fb_http, err, sizeof err)) {
         atomic_fetch_add(&s->metrics.redis_errors, 1);
         pthread_mutex_unlock(&s->http_mu);
         slot_put(s, slot);
         return http_error(503, "feature store unavailable", status, resp, resp_len);
     }
-    if (rc == 0) {
-        fs_batch_user_state(s->fb_http, h, &st);
-        pthread_mutex_lock(&s->un_mu);
-        rc = fill_slot(s, slot, &st, reason, sizeof reason);
-        pthread_mutex_unlock(&s->un_mu);
-    }
+    fs_batch_user_state(s->fb_http, h, &st);
+    pthread_mutex_lock(&s->un_mu);
+    int rc = fill_slot(s, slot, &st, reason, sizeof reason);
+    pthread_mutex_unlock(&s->un_mu);
     pthread_mutex_unlock(&s->http_mu);
     if (rc) {
         slot_put(s, slot);
@@ -845,7 +839,12 @@ static int start(serve *s, char *err, size_t errsz)
     s->parser = svc_parser_new(&el);
     s->round = calloc((size_t)c->kafka.poll_batch, sizeof *s->round);
     s->failed = calloc(N_SLOTS, sizeof *s->failed);
-    if (!s->slots || !s->offsets || !s->parser || !s->round || !s->failed)
+    /* The slots are what ranking.max_candidates sizes (N_SLOTS of them, each
+     * with room for that many ids): say so, since that key is the likely cause. */
+    if (!s->slots)
+        return cm_errf(err, errsz, "out of memory for %d rankings in flight of up to ranking.max_candidates (%d) "
+                       "items each; lower ranking.max_candidates", N_SLOTS, c->ranking.max_candidates);
+    if (!s->offsets || !s->parser || !s->round || !s->failed)
         return cm_errf(err, errsz, "out of memory");
     if (rk_batcher_new(&s->batcher, NULL, &bo, err, errsz) || /* every job names its model's scorer */
         open_features(s, &s->fs, &s->fb, 2 * c->kafka.poll_batch, err, errsz) || /* a write + a read each */

@@ -409,6 +409,16 @@ static const bad_case bad_cases[] = {
     {"A/B percent out of range", "model:\n  b.path: b\n  b.percent: 101\n", "3: model.b.percent",
      "expected an integer in 0..100, got \"101\""},
     {"A/B key misspelt", "model:\n  b:\n    pth: b\n", "3: model.b.pth", "unknown key (did you mean model.b.path?)"},
+    {"event size limit zero", "kafka:\n  max_event_bytes: 0\n", "2: kafka.max_event_bytes",
+     "expected an integer in 1..1000000000, got \"0\""},
+    {"body size limit over 1 GiB", "http:\n  max_body_bytes: 1073741825\n", "2: http.max_body_bytes",
+     "expected an integer in 1..1073741824, got \"1073741825\""},
+    {"candidates limit zero", "ranking:\n  max_candidates: 0\n", "2: ranking.max_candidates",
+     "expected an integer in 1..1000000, got \"0\""},
+    {"candidates limit too high", "ranking:\n  max_candidates: 1000001\n", "2: ranking.max_candidates",
+     "expected an integer in 1..1000000, got \"1000001\""},
+    {"retrieved candidates too high", "ranking:\n  retrieve_n: 1000001\n", "2: ranking.retrieve_n",
+     "expected an integer in 1..1000000, got \"1000001\""},
     {"reload interval negative", "model:\n  reload_check_ms: -1\n", "2: model.reload_check_ms",
      "expected an integer in 0..86400000, got \"-1\""},
 };
@@ -453,6 +463,43 @@ START_TEST(test_env_errors)
     snprintf(want, sizeof want, "environment %s: ", e->var);
     ck_assert_msg(!strncmp(err, want, strlen(want)), "message does not start with \"%s\": %s", want, err);
     ck_assert_msg(strstr(err, e->says), "message lacks \"%s\": %s", e->says, err);
+}
+END_TEST
+
+/* The text entry point (what tests/fuzz/fuzz_config.c calls) loads what
+ * the file would, and both refuse more than 16 MiB, naming the limit. */
+START_TEST(test_text_and_size_limit)
+{
+    static const char yaml[] = "redis:\n  port: 6390\nranking:\n  k: 5\n";
+    svc_config c;
+    char err[CM_ERRSZ];
+    ck_assert_msg(svc_config_load_text(&c, "inline.yaml", yaml, strlen(yaml), err, sizeof err) == 0, "%s", err);
+    EXPECT_INT(c.redis.port, 6390);
+    EXPECT_INT(c.ranking.k, 5);
+    svc_config_free(&c);
+    static const char bad[] = "redis:\n  port: 0\n";
+    ck_assert_int_eq(svc_config_load_text(&c, "inline.yaml", bad, strlen(bad), err, sizeof err), -1);
+    printf("text, port 0: %s\n", err);
+    ck_assert_msg(strstr(err, "inline.yaml:2: redis.port: expected an integer in 1..65535, got \"0\""), "%s", err);
+
+    size_t big = (16u << 20) + 1;
+    char *text = malloc(big);
+    ck_assert_ptr_nonnull(text);
+    memset(text, '\n', big);
+    ck_assert_int_eq(svc_config_load_text(&c, "big.yaml", text, big, err, sizeof err), -1);
+    printf("text of %zu bytes: %s\n", big, err);
+    ck_assert_str_eq(err, "big.yaml: 16777217 bytes, larger than 16777216; is it a config file?");
+    char path[PATH_LEN];
+    snprintf(path, sizeof path, "%s/big.yaml", tmp_root);
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert(fwrite(text, 1, big, f) == big);
+    fclose(f);
+    free(text);
+    ck_assert_int_eq(svc_config_load(&c, path, err, sizeof err), -1);
+    printf("file of %zu bytes: %s\n", big, err);
+    ck_assert_msg(strstr(err, "big.yaml: larger than 16777216 bytes; is it a config file?"), "%s", err);
+    unlink(path);
 }
 END_TEST
 
@@ -776,6 +823,7 @@ int main(void)
     tcase_add_test(tc, test_env_overrides);
     tcase_add_loop_test(tc, test_errors, 0, (int)(sizeof bad_cases / sizeof bad_cases[0]));
     tcase_add_loop_test(tc, test_env_errors, 0, (int)(sizeof env_cases / sizeof env_cases[0]));
+    tcase_add_test(tc, test_text_and_size_limit);
     tcase_add_test(tc, test_missing_file);
     tcase_add_test(tc, test_password_file);
     tcase_add_test(tc, test_sasl_password);

@@ -822,6 +822,8 @@ static const mutation mutations[] = {
      .fragment = "\"n_layers\" is 65, expected 1..64"},
     {.label = "negative max_hist", .meta_key = "max_hist", .meta_value = "-1",
      .fragment = "\"max_hist\" is -1, expected 1..4096"},
+    {.label = "max_hist over 4096", .meta_key = "max_hist", .meta_value = "4097",
+     .fragment = "\"max_hist\" is 4097, expected 1..4096"},
     {.label = "one item", .meta_key = "n_items", .meta_value = "1",
      .fragment = "\"n_items\" is 1, expected 2..268435456"},
     {.label = "huge d_model", .meta_key = "d_model", .meta_value = "8193",
@@ -922,6 +924,25 @@ static void write_mutation(const char *src, const char *dst, const mutation *mu)
     lm_st_close(f);
 }
 
+/* The whole file in a malloc'd buffer, or NULL when it cannot be read. */
+static void *read_whole(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    void *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        buf = NULL;
+    }
+    fclose(f);
+    *len = (size_t)n;
+    return buf;
+}
+
 static void assert_load_fails(const char *path, const char *fragment, const char *label)
 {
     char err[CM_ERRSZ] = "";
@@ -931,6 +952,32 @@ static void assert_load_fails(const char *path, const char *fragment, const char
     ck_assert_msg(strstr(err, path) != NULL, "%s: message lacks the path %s: %s", label, path, err);
     ck_assert_msg(strstr(err, fragment) != NULL, "%s: message lacks \"%s\": %s", label, fragment, err);
     printf("load-error  %-28s: %s\n", label, err);
+    /* From memory (what fuzz_safetensors calls) the same bytes fail the same way. */
+    size_t len;
+    void *img = read_whole(path, &len);
+    if (img) {
+        char err_mem[CM_ERRSZ] = "";
+        ck_assert_int_eq(lm_model_load_mem(&m, img, len, path, err_mem, sizeof err_mem), -1);
+        ck_assert_ptr_null(m);
+        ck_assert_str_eq(err_mem, err);
+        free(img);
+    }
+}
+
+/* lm_model_load_mem gives the model lm_model_load does, arena byte for byte. */
+static void assert_mem_load_same(const char *path)
+{
+    char err[CM_ERRSZ];
+    size_t len;
+    void *img = read_whole(path, &len);
+    ck_assert_ptr_nonnull(img);
+    lm_model *a = tu_model_load(path), *b;
+    ck_assert_msg(lm_model_load_mem(&b, img, len, path, err, sizeof err) == 0, "%s", err);
+    free(img); /* the model keeps no pointer into the image */
+    ck_assert_uint_eq(a->arena_bytes, b->arena_bytes);
+    ck_assert_int_eq(memcmp(&a->cfg, &b->cfg, sizeof a->cfg), 0);
+    lm_model_free(a);
+    lm_model_free(b);
 }
 
 START_TEST(test_load_error)
@@ -948,7 +995,7 @@ START_TEST(test_load_error)
     write_mutation(src, dst, mu);
     assert_load_fails(dst, mu->fragment, mu->label);
     /* The unchanged copy loads, so the change alone made the load fail. */
-    lm_model_free(tu_model_load(src));
+    assert_mem_load_same(src);
 }
 END_TEST
 
