@@ -882,6 +882,8 @@ static int check_default(loader *l)
 /* Where key `name` got its value; every name passed is a row of keys. */
 static const site *origin(const loader *l, const char *name) { return &l->at[find_key(name)]; }
 
+#define SECRET_MAX 4096 /* bytes of a secret file's first line */
+
 /* Replaces the secret *value with the first line of the file at `path`,
  * key `file_key`; `value_key` names the key that must then be empty. Used
  * for redis.password_file and kafka.sasl_password_file, so that a secret
@@ -894,25 +896,35 @@ static int read_secret_file(loader *l, const char *file_key, const char *value_k
     FILE *f = fopen(path, "r");
     if (!f)
         return fail(l, s, file_key, "%s: cannot open: %s", path, strerror(errno));
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t n = getline(&line, &cap, f);
-    int rc = 0;
-    if (n < 0 && ferror(f))
-        rc = fail(l, s, file_key, "%s: cannot read: %s", path, strerror(errno));
-    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
-        line[--n] = '\0';
-    if (!rc && n <= 0)
-        rc = fail(l, s, file_key, "%s: the first line is empty", path);
-    else if (!rc && strlen(line) != (size_t)n)
-        rc = fail(l, s, file_key, "%s: holds a NUL byte", path);
-    fclose(f);
-    if (rc) {
-        free(line);
-        return rc;
+    /* at most SECRET_MAX bytes: a path such as /dev/zero must not take
+     * the memory */
+    char line[SECRET_MAX + 1];
+    size_t n = 0;
+    int ch, nul = 0, rc = 0;
+    while ((ch = getc(f)) != EOF && ch != '\n' && n <= SECRET_MAX) {
+        nul |= ch == 0;
+        line[n < SECRET_MAX ? n : SECRET_MAX] = (char)ch;
+        n++;
     }
+    if (ferror(f))
+        rc = fail(l, s, file_key, "%s: cannot read: %s", path, strerror(errno));
+    fclose(f);
+    if (rc)
+        return rc;
+    if (n > SECRET_MAX)
+        return fail(l, s, file_key, "%s: the first line is over %d bytes", path, SECRET_MAX);
+    while (n > 0 && line[n - 1] == '\r')
+        n--;
+    line[n] = '\0';
+    if (n == 0)
+        return fail(l, s, file_key, "%s: the first line is empty", path);
+    if (nul)
+        return fail(l, s, file_key, "%s: holds a NUL byte", path);
+    char *v = strdup(line);
+    if (!v)
+        return fail(l, s, file_key, "out of memory");
     free(*value);
-    *value = line;
+    *value = v;
     return 0;
 }
 

@@ -402,6 +402,8 @@ static const bad_case bad_cases[] = {
      "is kafka.input_topic too"},
     {"password and password_file", "redis:\n  password: hunter2\n  password_file: /etc/hostname\n",
      "3: redis.password_file", "redis.password is set too; set one of them"},
+    {"password_file endless", "redis:\n  password_file: /dev/zero\n", "2: redis.password_file",
+     "/dev/zero: the first line is over 4096 bytes"},
     {"password_file missing", "redis:\n  password_file: /nonexistent/rankd-pw\n", "2: redis.password_file",
      "/nonexistent/rankd-pw: cannot open: No such file or directory"},
     {"A/B percent without a variant b", "model:\n  path: a\n  b:\n    percent: 30\n", "4: model.b.percent",
