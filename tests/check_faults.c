@@ -366,23 +366,14 @@ END_TEST
  * only to the input topic). Reconnects are quick, as in rankd's config. */
 static void kafka_start3(th_kafka *k)
 {
-    memset(k, 0, sizeof *k);
-    char err[512];
-    rd_kafka_conf_t *c = rd_kafka_conf_new();
-    rd_kafka_conf_set(c, "log_level", "2", err, sizeof err);
-    k->rk = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, sizeof err);
-    ck_assert_msg(k->rk != NULL, "%s", err);
-    k->mc = rd_kafka_mock_cluster_new(k->rk, 3);
-    ck_assert_msg(k->mc != NULL, "cannot start the mock cluster");
-    for (int t = 0; t < 3; t++) {
-        ck_assert_int_eq(rd_kafka_mock_topic_create(k->mc, TOPICS[t], PARTS, 1), 0);
+    th_kafka_start_cluster(k, 3, TOPICS, 3, PARTS);
+    for (int t = 0; t < 3; t++)
         for (int p = 0; p < PARTS; p++)
             ck_assert_int_eq(rd_kafka_mock_partition_set_leader(k->mc, TOPICS[t], p, t == 0 ? 1 : 2), 0);
-    }
     ck_assert_int_eq(rd_kafka_mock_coordinator_set(k->mc, "group", "ft", 1), 0);
     ck_assert_int_eq(rd_kafka_mock_coordinator_set(k->mc, "group", "th-reader", 3), 0);
-    snprintf(k->brokers, sizeof k->brokers, "%s", rd_kafka_mock_cluster_bootstraps(k->mc));
-    c = rd_kafka_conf_new();
+    char err[512];
+    rd_kafka_conf_t *c = rd_kafka_conf_new();
     rd_kafka_conf_set(c, "bootstrap.servers", k->brokers, err, sizeof err);
     rd_kafka_conf_set(c, "log_level", "2", err, sizeof err);
     rd_kafka_conf_set(c, "reconnect.backoff.max.ms", "500", err, sizeof err);

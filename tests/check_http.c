@@ -95,18 +95,7 @@ static int chunked_post(int port, size_t n, char *out, size_t cap)
     ck_assert(write(fd, chunk, n) == (ssize_t)n);
     ck_assert(write(fd, "\r\n0\r\n\r\n", 7) == 7);
     free(chunk);
-    char buf[4096];
-    size_t got = 0;
-    ssize_t r;
-    while (got < sizeof buf - 1 && (r = read(fd, buf + got, sizeof buf - 1 - got)) > 0)
-        got += (size_t)r;
-    close(fd);
-    buf[got] = '\0';
-    int status = 0;
-    sscanf(buf, "HTTP/%*s %d", &status);
-    const char *b = strstr(buf, "\r\n\r\n");
-    snprintf(out, cap, "%s", b ? b + 4 : "");
-    return status;
+    return th_http_reply(fd, out, cap);
 }
 
 START_TEST(test_body_limit_chunked)

@@ -15,6 +15,26 @@
 
 /* Sends METHOD path (with body and extra header lines when given); returns
  * the status code and copies the body into out (NUL-terminated). */
+/* Reads the whole reply on fd (up to 1 MiB) and closes it: the status,
+ * and the body into out. */
+static inline int th_http_reply(int fd, char *out, size_t cap)
+{
+    size_t got = 0;
+    char *buf = malloc(1 << 20);
+    ck_assert(buf != NULL);
+    ssize_t r;
+    while ((r = read(fd, buf + got, (1 << 20) - 1 - got)) > 0)
+        got += (size_t)r;
+    close(fd);
+    buf[got] = '\0';
+    int status = 0;
+    sscanf(buf, "HTTP/%*s %d", &status);
+    const char *b = strstr(buf, "\r\n\r\n");
+    snprintf(out, cap, "%s", b ? b + 4 : "");
+    free(buf);
+    return status;
+}
+
 static inline int th_http(int port, const char *method, const char *path, const char *headers, const char *body,
                           char *out, size_t cap)
 {
@@ -30,19 +50,7 @@ static inline int th_http(int port, const char *method, const char *path, const 
     ck_assert(write(fd, head, (size_t)n) == n);
     if (blen)
         ck_assert(write(fd, body, blen) == (ssize_t)blen);
-    size_t got = 0;
-    char *buf = malloc(1 << 20);
-    ssize_t r;
-    while ((r = read(fd, buf + got, (1 << 20) - 1 - got)) > 0)
-        got += (size_t)r;
-    close(fd);
-    buf[got] = '\0';
-    int status = 0;
-    sscanf(buf, "HTTP/%*s %d", &status);
-    const char *b = strstr(buf, "\r\n\r\n");
-    snprintf(out, cap, "%s", b ? b + 4 : "");
-    free(buf);
-    return status;
+    return th_http_reply(fd, out, cap);
 }
 
 #endif

@@ -32,8 +32,11 @@ static inline rd_kafka_t *th_kafka_client(const char *brokers, rd_kafka_type_t t
     return rk;
 }
 
-/* The cluster and the topics (`partitions` each). */
-static inline void th_kafka_start(th_kafka *k, const char *const *topics, int n_topics, int partitions)
+/* A cluster of n_brokers and the topics (`partitions` each), without the
+ * test's producer: for tests that place partitions or configure their
+ * producer themselves. */
+static inline void th_kafka_start_cluster(th_kafka *k, int n_brokers, const char *const *topics, int n_topics,
+                                          int partitions)
 {
     memset(k, 0, sizeof *k);
     char err[512];
@@ -41,11 +44,17 @@ static inline void th_kafka_start(th_kafka *k, const char *const *topics, int n_
     rd_kafka_conf_set(c, "log_level", "2", err, sizeof err);
     k->rk = rd_kafka_new(RD_KAFKA_PRODUCER, c, err, sizeof err);
     ck_assert_msg(k->rk != NULL, "%s", err);
-    k->mc = rd_kafka_mock_cluster_new(k->rk, 1);
+    k->mc = rd_kafka_mock_cluster_new(k->rk, n_brokers);
     ck_assert_msg(k->mc != NULL, "cannot start the mock cluster");
     for (int i = 0; i < n_topics; i++)
         ck_assert_int_eq(rd_kafka_mock_topic_create(k->mc, topics[i], partitions, 1), 0);
     snprintf(k->brokers, sizeof k->brokers, "%s", rd_kafka_mock_cluster_bootstraps(k->mc));
+}
+
+/* One broker, the topics (`partitions` each) and the test's producer. */
+static inline void th_kafka_start(th_kafka *k, const char *const *topics, int n_topics, int partitions)
+{
+    th_kafka_start_cluster(k, 1, topics, n_topics, partitions);
     k->producer = th_kafka_client(k->brokers, RD_KAFKA_PRODUCER, NULL);
 }
 
