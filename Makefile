@@ -181,9 +181,10 @@ test-unit: $(HELM_RENDER)
 # Suites run from the repository root; they find ../shared/golden and
 # build/rankd from there. Check forks each test, so a crash fails one test.
 test-unit: $(RANKD) $(TESTS)
-	@fail=0; for t in $(TESTS); do \
-	  RANKD_BIN=$(RANKD) $$t || fail=1; \
-	done; exit $$fail
+	@failed=""; for t in $(TESTS); do \
+	  RANKD_BIN=$(RANKD) $$t || failed="$$failed $${t##*/}"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test-unit (SAN=$(SAN)): failed:$$failed"; exit 1; fi
 
 test: deps
 	@$(MAKE) --no-print-directory test-unit
