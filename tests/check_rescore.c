@@ -724,10 +724,10 @@ START_TEST(test_kafka)
 END_TEST
 
 /* The binary: SIGINT mid-run stops it with its checkpoint written (exit
- * 130), the same command finishes the job, a third says it is complete. */
-/* Runs `rankd rescore` on in into out; with interrupt, SIGINT as soon as
- * the first answers are in out (a 20,000-request run is then far from its
- * end, on any machine). */
+ * 130), the same command finishes the job, a third says it is complete.
+ * run_binary runs `rankd rescore` on in into out; with interrupt, SIGINT as
+ * soon as the first answers are in out (a 20,000-request run is then far
+ * from its end, on any machine). */
 static int run_binary(const char *in, const char *out, int interrupt, const char *log)
 {
     const char *bin = getenv("RANKD_BIN") ? getenv("RANKD_BIN") : "build/rankd";
@@ -742,12 +742,16 @@ static int run_binary(const char *in, const char *out, int interrupt, const char
         _exit(127);
     }
     int status;
+    pid_t reaped = 0;
     if (interrupt) {
-        while (file_size(out) <= 0 && waitpid(pid, &status, WNOHANG) == 0)
+        while (file_size(out) <= 0 && (reaped = waitpid(pid, &status, WNOHANG)) == 0)
             usleep(200);
-        kill(pid, SIGINT);
+        if (!reaped)
+            kill(pid, SIGINT);
     }
-    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    if (!reaped)
+        reaped = waitpid(pid, &status, 0);
+    ck_assert_int_eq(reaped, pid);
     ck_assert(WIFEXITED(status));
     return WEXITSTATUS(status);
 }
