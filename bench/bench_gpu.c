@@ -193,11 +193,12 @@ static void bench_model(const char *dir, const char *name, const lm_config *c, d
     inputs in;
     inputs_make(&in, c);
     double ops = 2.0 * (double)lm_model_macs_per_candidate(c, N_HIST);
-    const char *only_b = getenv("RANKD_BENCH_B"); /* one batch size, for profiling */
-    for (int i = 0; i < 4; i++) {
-        int B = Bs[i], reps;
-        if (only_b && atoi(only_b) != B)
-            continue;
+    const char *only_b = getenv("RANKD_BENCH_B"); /* one batch size (1 .. MAX_B), for profiling */
+    const int one_b = only_b ? atoi(only_b) : 0;
+    if (only_b && (one_b < 1 || one_b > MAX_B))
+        die("RANKD_BENCH_B", "is not a batch size from 1 to 512");
+    for (int i = 0; i < (one_b ? 1 : 4); i++) {
+        int B = one_b ? one_b : Bs[i], reps;
         double t = median_time(call_score, e, &in, B, &reps), cps = B * N_CANDS / t;
         printf("{\"bench\": \"score\", \"model\": \"%s\", \"quant\": \"int8\", \"device\": \"%s\", \"B\": %d, "
                "\"m\": %d, \"n\": %d, \"reps\": %d, \"us\": %.1f, \"cand_per_s\": %.0f, \"ops_per_cand\": %.0f, "

@@ -29,9 +29,11 @@
  * The arithmetic is gpu/score.cu's (the CPU's W8A8 rule, the FFN's hidden
  * layer quantized per 128 columns); only the order of some float sums
  * differs. make test-gpu checks both against the CPU. */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common/err.h"
 #include "gpu/fast.cuh"
@@ -49,6 +51,9 @@ template <int D> constexpr int cand_blocks() { return D <= 128 ? 3 : 1; }
  * test-gpu's int8 big case (128 tiles) runs the capped kernel, its golden
  * and scorer cases the other. */
 constexpr int FEW_TILES = 128;
+/* Student-width batches of fewer candidate tiles than this take the split
+ * way (split_kernel); the teacher's take it at every size. */
+constexpr int SPLIT_TILES = 256;
 static_assert(ROWS == GP_TILE, "a candidate tile is one block");
 static_assert(MAXK == ROWS, "a history is one block");
 
@@ -312,6 +317,143 @@ template <int D, int DH> struct KvFrag {
     }
 };
 
+/* Keys and values kr0 .. kr0 + nkr - 1 (multiples of 16) of heads h0 ..
+ * h0 + nh - 1, in shared memory (Ks, Vs: row key - kr0 of head h0 + i at
+ * i * hs halves, LDK apart), to the cache kvl in the candidates' fragment
+ * order, by threads tid of nthr. */
+template <int D, int DH>
+__device__ __forceinline__ void store_kv(const __half *Ks, const __half *Vs, size_t hs, int kr0, int nkr,
+                                         __half *kvl, int h0, int nh, int tid, int nthr)
+{
+    using F = KvFrag<D, DH>;
+    constexpr int QK = DH / 16, HNT = DH / 8, LDK = DH + 8;
+    const int nnt = nkr / 8, nkb = nkr / 16;
+    /* keys ... */
+    for (int i = tid; i < nh * nnt * QK * 32; i += nthr) {
+        const int ln = i % 32, kk = i / 32 % QK, nt = i / 32 / QK % nnt, h = i / 32 / QK / nnt;
+        const __half *k = Ks + h * hs + (size_t)(nt * 8 + (ln >> 2)) * LDK + kk * 16 + (ln & 3) * 2;
+        ((uint2 *)kvl)[F::k(h0 + h, kr0 / 8 + nt, kk, ln)] =
+            make_uint2(*(const uint32_t *)k, *(const uint32_t *)(k + 8));
+    }
+    /* ... and values: keys 2t, 2t + 1 (+ 8) of dimension g */
+    for (int i = tid; i < nh * nkb * HNT * 32; i += nthr) {
+        const int ln = i % 32, nd = i / 32 % HNT, kb = i / 32 / HNT % nkb, h = i / 32 / HNT / nkb;
+        const __half *v = Vs + h * hs + (size_t)(kb * 16 + (ln & 3) * 2) * LDK + nd * 8 + (ln >> 2);
+        __half2 lo = __halves2half2(v[0], v[LDK]), hi = __halves2half2(v[8 * LDK], v[9 * LDK]);
+        ((uint2 *)kvl)[F::v(h0 + h, kr0 / 16 + kb, nd, ln)] = make_uint2(*(uint32_t *)&lo, *(uint32_t *)&hi);
+    }
+}
+
+/* A fragment of the cache: through the non-coherent path where the cache
+ * was written by an earlier kernel, else (written by this one, ordered by a
+ * barrier with acquire semantics) a plain load. */
+template <bool NC> __device__ __forceinline__ uint2 ld_kv(const uint2 *p)
+{
+    if (NC)
+        return __ldg(p);
+    uint2 v;
+    asm volatile("ld.global.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p) : "memory");
+    return v;
+}
+
+/* One head's attention for the warp's 16 rows, the FlashAttention-2 way on
+ * fp16 tensor cores, S and P in registers: S = q K^T over nkb blocks of 16
+ * keys (HIST: causal; else keys < L plus the row's own key, whose score is
+ * ss and whose value the caller adds with weight ps), softmax in log2 units
+ * (sl2), o = P V unnormalized; i: 1 / the softmax's sums. SMEM: the keys
+ * and values in shared memory, Kh and Vh [MAXK][LDK]; else the cache kvf in
+ * fragment order (written by this kernel where HIST). */
+struct Attn {
+    float ps0, ps1, i0, i1; /* rows g and g + 8 */
+};
+
+template <int D, int DH, bool HIST, bool SMEM>
+__device__ __forceinline__ Attn attend(const uint4 (&qf)[DH / 16], float2 ss, const __half *Kh, const __half *Vh,
+                                       const uint2 *kvf, int h, int nkb, int L, int tok0, int tok1, float sl2,
+                                       float (&o)[DH / 8][4])
+{
+    using F = KvFrag<D, DH>;
+    constexpr int QK = DH / 16, HNT = DH / 8, LDK = DH + 8;
+    const int lane = threadIdx.x & 31, t = lane & 3;
+    Attn at;
+    float s[8][4];
+    const int mat = lane >> 3, mr = lane & 7;
+#pragma unroll
+    for (int kb = 0; kb < 4; kb++) {
+        s[2 * kb][0] = s[2 * kb][1] = s[2 * kb][2] = s[2 * kb][3] = 0.0f;
+        s[2 * kb + 1][0] = s[2 * kb + 1][1] = s[2 * kb + 1][2] = s[2 * kb + 1][3] = 0.0f;
+        if (kb < nkb)
+#pragma unroll
+            for (int kk = 0; kk < QK; kk++) {
+                uint4 bk;
+                if (SMEM) {
+                    bk = ldsm_x4(Kh + (size_t)(kb * 16 + (mat >> 1) * 8 + mr) * LDK + kk * 16 + (mat & 1) * 8,
+                                 false);
+                } else {
+                    const uint2 k0 = ld_kv<!HIST>(&kvf[F::k(h, 2 * kb, kk, lane)]);
+                    const uint2 k1 = ld_kv<!HIST>(&kvf[F::k(h, 2 * kb + 1, kk, lane)]);
+                    bk = make_uint4(k0.x, k0.y, k1.x, k1.y);
+                }
+                mma_f16(s[2 * kb], qf[kk], bk.x, bk.y);
+                mma_f16(s[2 * kb + 1], qf[kk], bk.z, bk.w);
+            }
+    }
+    float mx0 = HIST ? -INFINITY : ss.x, mx1 = HIST ? -INFINITY : ss.y;
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int key = j * 8 + t * 2 + (e & 1), tok = e < 2 ? tok0 : tok1;
+            const bool ok = j < 2 * nkb && (HIST ? key <= tok : key < L);
+            s[j][e] = ok ? s[j][e] : -INFINITY;
+            if (e < 2)
+                mx0 = fmaxf(mx0, s[j][e]);
+            else
+                mx1 = fmaxf(mx1, s[j][e]);
+        }
+    mx0 = gp_quad_max(mx0);
+    mx1 = gp_quad_max(mx1);
+    float l0 = 0.0f, l1 = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        s[j][0] = ex2((s[j][0] - mx0) * sl2);
+        s[j][1] = ex2((s[j][1] - mx0) * sl2);
+        s[j][2] = ex2((s[j][2] - mx1) * sl2);
+        s[j][3] = ex2((s[j][3] - mx1) * sl2);
+        l0 += s[j][0] + s[j][1];
+        l1 += s[j][2] + s[j][3];
+    }
+    at.ps0 = HIST ? 0.0f : ex2((ss.x - mx0) * sl2);
+    at.ps1 = HIST ? 0.0f : ex2((ss.y - mx1) * sl2);
+    at.i0 = 1.0f / (gp_quad_sum(l0) + at.ps0);
+    at.i1 = 1.0f / (gp_quad_sum(l1) + at.ps1);
+#pragma unroll
+    for (int j = 0; j < HNT; j++)
+        o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+#pragma unroll
+    for (int kb = 0; kb < 4; kb++)
+        if (kb < nkb) {
+            const uint4 pf = make_uint4(h2u(s[2 * kb][0], s[2 * kb][1]), h2u(s[2 * kb][2], s[2 * kb][3]),
+                                        h2u(s[2 * kb + 1][0], s[2 * kb + 1][1]),
+                                        h2u(s[2 * kb + 1][2], s[2 * kb + 1][3]));
+#pragma unroll
+            for (int np = 0; np < HNT / 2; np++) {
+                uint4 bv;
+                if (SMEM) {
+                    bv = ldsm_x4(Vh + (size_t)(kb * 16 + (mat & 1) * 8 + mr) * LDK + np * 16 + (mat >> 1) * 8,
+                                 true);
+                } else {
+                    const uint2 v0 = ld_kv<!HIST>(&kvf[F::v(h, kb, 2 * np, lane)]);
+                    const uint2 v1 = ld_kv<!HIST>(&kvf[F::v(h, kb, 2 * np + 1, lane)]);
+                    bv = make_uint4(v0.x, v0.y, v1.x, v1.y);
+                }
+                mma_f16(o[2 * np], pf, bv.x, bv.y);
+                mma_f16(o[2 * np + 1], pf, bv.z, bv.w);
+            }
+        }
+    return at;
+}
+
 /* HIST: one block per user, row r = history token r (causal attention,
  * keys and values written to the cache); else one block per tile of up to
  * 64 candidates of one user (attention to the cached history and self). */
@@ -326,7 +468,6 @@ __global__ void __launch_bounds__(THREADS, MINB) fast_kernel(const FW *__restric
     __half *Ks = (__half *)sm;          /* [H][MAXK][LDK] */
     __half *Vs = Ks + H * MAXK * LDK;   /* [H][MAXK][LDK] */
     uint8_t *wp = sm + (HIST ? C::kv_bytes : 0) + warp * C::warp_bytes;
-    using F = KvFrag<D, DH>;
     float4 *xs = (float4 *)wp;                           /* [NT][32] */
     uint2 *ov = (uint2 *)(wp + C::xs_bytes);             /* [NT][32] */
     uint4 *qs = (uint4 *)(wp + C::xs_bytes + C::ov_bytes); /* [H][QK][32] */
@@ -443,23 +584,7 @@ __global__ void __launch_bounds__(THREADS, MINB) fast_kernel(const FW *__restric
         }
         if (HIST) {
             __syncthreads(); /* keys and values in shared memory */
-            /* to the cache in fragment order, for the candidates: keys ... */
-            for (int i = threadIdx.x; i < H * (MAXK / 8) * QK * 32; i += THREADS) {
-                const int ln = i % 32, kk = i / 32 % QK, nt = i / 32 / QK % (MAXK / 8), h = i / 32 / QK / (MAXK / 8);
-                if (nt * 8 >= nkr)
-                    continue;
-                const __half *k = Ks + ((size_t)h * MAXK + nt * 8 + (ln >> 2)) * LDK + kk * 16 + (ln & 3) * 2;
-                ((uint2 *)kvl)[F::k(h, nt, kk, ln)] = make_uint2(*(const uint32_t *)k, *(const uint32_t *)(k + 8));
-            }
-            /* ... and values: keys 2t, 2t + 1 (+ 8) of dimension g */
-            for (int i = threadIdx.x; i < H * (MAXK / 16) * HNT * 32; i += THREADS) {
-                const int ln = i % 32, nd = i / 32 % HNT, kb = i / 32 / HNT % (MAXK / 16), h = i / 32 / HNT / (MAXK / 16);
-                if (kb * 16 >= nkr)
-                    continue;
-                const __half *v = Vs + ((size_t)h * MAXK + kb * 16 + (ln & 3) * 2) * LDK + nd * 8 + (ln >> 2);
-                __half2 lo = __halves2half2(v[0], v[LDK]), hi = __halves2half2(v[8 * LDK], v[9 * LDK]);
-                ((uint2 *)kvl)[F::v(h, kb, nd, ln)] = make_uint2(*(uint32_t *)&lo, *(uint32_t *)&hi);
-            }
+            store_kv<D, DH>(Ks, Vs, (size_t)MAXK * LDK, 0, nkr, kvl, 0, H, threadIdx.x, THREADS);
         }
         if (live) {
             /* phase B: attention per head */
@@ -471,82 +596,10 @@ __global__ void __launch_bounds__(THREADS, MINB) fast_kernel(const FW *__restric
 #pragma unroll
                 for (int kk = 0; kk < QK; kk++)
                     qf[kk] = qs[(h * QK + kk) * 32 + lane];
-                float s[8][4];
-                const int mat = lane >> 3, mr = lane & 7;
-#pragma unroll
-                for (int kb = 0; kb < 4; kb++) {
-                    s[2 * kb][0] = s[2 * kb][1] = s[2 * kb][2] = s[2 * kb][3] = 0.0f;
-                    s[2 * kb + 1][0] = s[2 * kb + 1][1] = s[2 * kb + 1][2] = s[2 * kb + 1][3] = 0.0f;
-                    if (kb < nkb)
-#pragma unroll
-                        for (int kk = 0; kk < QK; kk++) {
-                            uint4 bk;
-                            if (HIST) {
-                                bk = ldsm_x4(Kh + (size_t)(kb * 16 + (mat >> 1) * 8 + mr) * LDK + kk * 16 + (mat & 1) * 8,
-                                             false);
-                            } else {
-                                const uint2 k0 = __ldg(&kvf[F::k(h, 2 * kb, kk, lane)]);
-                                const uint2 k1 = __ldg(&kvf[F::k(h, 2 * kb + 1, kk, lane)]);
-                                bk = make_uint4(k0.x, k0.y, k1.x, k1.y);
-                            }
-                            mma_f16(s[2 * kb], qf[kk], bk.x, bk.y);
-                            mma_f16(s[2 * kb + 1], qf[kk], bk.z, bk.w);
-                        }
-                }
-                const float2 ss = HIST ? make_float2(0.0f, 0.0f) : ssm[h * 32 + lane];
-                float mx0 = HIST ? -INFINITY : ss.x, mx1 = HIST ? -INFINITY : ss.y;
-#pragma unroll
-                for (int j = 0; j < 8; j++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const int key = j * 8 + t * 2 + (e & 1), tok = e < 2 ? tok0 : tok1;
-                        const bool ok = j < 2 * nkb && (HIST ? key <= tok : key < L);
-                        s[j][e] = ok ? s[j][e] : -INFINITY;
-                        if (e < 2)
-                            mx0 = fmaxf(mx0, s[j][e]);
-                        else
-                            mx1 = fmaxf(mx1, s[j][e]);
-                    }
-                mx0 = gp_quad_max(mx0);
-                mx1 = gp_quad_max(mx1);
-                float l0 = 0.0f, l1 = 0.0f;
-#pragma unroll
-                for (int j = 0; j < 8; j++) {
-                    s[j][0] = ex2((s[j][0] - mx0) * sl2);
-                    s[j][1] = ex2((s[j][1] - mx0) * sl2);
-                    s[j][2] = ex2((s[j][2] - mx1) * sl2);
-                    s[j][3] = ex2((s[j][3] - mx1) * sl2);
-                    l0 += s[j][0] + s[j][1];
-                    l1 += s[j][2] + s[j][3];
-                }
-                const float ps0 = HIST ? 0.0f : ex2((ss.x - mx0) * sl2);
-                const float ps1 = HIST ? 0.0f : ex2((ss.y - mx1) * sl2);
-                const float i0 = 1.0f / (gp_quad_sum(l0) + ps0), i1 = 1.0f / (gp_quad_sum(l1) + ps1);
                 float o[HNT][4];
-#pragma unroll
-                for (int j = 0; j < HNT; j++)
-                    o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-#pragma unroll
-                for (int kb = 0; kb < 4; kb++)
-                    if (kb < nkb) {
-                        const uint4 pf = make_uint4(h2u(s[2 * kb][0], s[2 * kb][1]), h2u(s[2 * kb][2], s[2 * kb][3]),
-                                                    h2u(s[2 * kb + 1][0], s[2 * kb + 1][1]),
-                                                    h2u(s[2 * kb + 1][2], s[2 * kb + 1][3]));
-#pragma unroll
-                        for (int np = 0; np < HNT / 2; np++) {
-                            uint4 bv;
-                            if (HIST) {
-                                bv = ldsm_x4(Vh + (size_t)(kb * 16 + (mat & 1) * 8 + mr) * LDK + np * 16 + (mat >> 1) * 8,
-                                             true);
-                            } else {
-                                const uint2 v0 = __ldg(&kvf[F::v(h, kb, 2 * np, lane)]);
-                                const uint2 v1 = __ldg(&kvf[F::v(h, kb, 2 * np + 1, lane)]);
-                                bv = make_uint4(v0.x, v0.y, v1.x, v1.y);
-                            }
-                            mma_f16(o[2 * np], pf, bv.x, bv.y);
-                            mma_f16(o[2 * np + 1], pf, bv.z, bv.w);
-                        }
-                    }
+                const Attn at = attend<D, DH, HIST, HIST>(qf, HIST ? make_float2(0.0f, 0.0f) : ssm[h * 32 + lane], Kh, Vh,
+                                                    kvf, h, nkb, L, tok0, tok1, sl2, o);
+                const float ps0 = at.ps0, ps1 = at.ps1, i0 = at.i0, i1 = at.i1;
 #pragma unroll
                 for (int j = 0; j < HNT; j++) {
                     float2 v0 = make_float2(0.0f, 0.0f), v1 = v0;
@@ -672,6 +725,421 @@ __global__ void __launch_bounds__(THREADS, MINB) fast_kernel(const FW *__restric
     }
 }
 
+/* ---- the split path: four warps share each 16 rows ------------------------------------------------- */
+
+/* For small batches, where fast_kernel's warps would run alone and a call
+ * would take one warp's latency through every weight of the model: a block
+ * of 4 warps carries 16 rows, warp c holding head c and the c-th quarter of
+ * the columns (its slice of the residual, in registers; q, k, v and
+ * attention of head c; its quarter of every product's outputs; the FFN's
+ * hidden chunks c, c + 4, ...). The warps meet at the block's barrier where
+ * a step needs whole rows: the LayerNorms' sums, the quantization maxima,
+ * and the next product's A fragments, which each warp writes for its slice
+ * to shared memory. A history of 64 tokens is a cluster of 4 such blocks
+ * (one per 16 tokens, on 4 SMs): each writes its keys and values of a layer
+ * to the cache, the cluster meets at its barrier (release, acquire), and
+ * each reads the keys and values it attends to back from the cache, as the
+ * candidates do. The arithmetic is fast_kernel's, but for two float orders:
+ * LayerNorm's variance as E[x^2] - mean^2 (one round of sums) and the
+ * attention output quantized from fp32 rather than fp16. The candidate
+ * kernel reads the cache either history kernel writes. Hopper and later
+ * (clusters); gp_fast_new keeps to fast_kernel elsewhere. */
+template <int D> struct SCfg {
+    static constexpr int DH = D / 4, SNT = DH / 8, KS = D / 32, SKS = DH / 32, QK = DH / 16, LDK = DH + 8;
+    /* a warp's keys and values of its head for the block's 16 rows */
+    static constexpr size_t stage_bytes = (size_t)2 * 16 * LDK * 2;
+    /* A fragments of D columns, of the f hidden columns, the hidden chunks'
+     * row scales, the cross-warp partials; a history block's staging */
+    static __host__ __device__ constexpr size_t smem(bool hist, int f)
+    {
+        return (size_t)KS * 512 + (size_t)f / 32 * 512 + (size_t)f / 128 * 64 + 2 * 4 * 16 * 8 +
+               (hist ? 4 * stage_bytes : 0);
+    }
+    static_assert(SKS >= 1 && DH % 32 == 0, "a head is whole k-steps");
+};
+
+/* The cluster's barrier: writes before it (the cache) are seen by reads
+ * after it in every block of the cluster. */
+__device__ __forceinline__ void cluster_sync()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;\n"
+                 "barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#else
+    __trap();
+#endif
+}
+
+template <bool MAX>
+__device__ __forceinline__ float4 across(float a0, float b0, float a1, float b1, float2 *part, int &round)
+{
+    const int lane = threadIdx.x & 31, g = lane >> 2, c = threadIdx.x >> 5;
+    if (MAX) {
+        a0 = gp_quad_max(a0), b0 = gp_quad_max(b0), a1 = gp_quad_max(a1), b1 = gp_quad_max(b1);
+    } else {
+        a0 = gp_quad_sum(a0), b0 = gp_quad_sum(b0), a1 = gp_quad_sum(a1), b1 = gp_quad_sum(b1);
+    }
+    float2 *p = part + (round++ & 1) * 64;
+    if ((lane & 3) == 0) {
+        p[c * 16 + g] = make_float2(a0, b0);
+        p[c * 16 + g + 8] = make_float2(a1, b1);
+    }
+    __syncthreads();
+    float2 u = p[g], v = p[g + 8];
+#pragma unroll
+    for (int w = 1; w < 4; w++) {
+        const float2 uw = p[w * 16 + g], vw = p[w * 16 + g + 8];
+        if (MAX) {
+            u = make_float2(fmaxf(u.x, uw.x), fmaxf(u.y, uw.y));
+            v = make_float2(fmaxf(v.x, vw.x), fmaxf(v.y, vw.y));
+        } else {
+            u = make_float2(u.x + uw.x, u.y + uw.y);
+            v = make_float2(v.x + vw.x, v.y + vw.y);
+        }
+    }
+    return make_float4(u.x, u.y, v.x, v.y);
+}
+
+/* The warp's slice y (columns c * DH ..., accumulator layout) quantized by
+ * m0, m1 into its k-steps of the tile's A fragments; after the barrier,
+ * every warp's copy of all of them in a. */
+template <int D>
+__device__ __forceinline__ void to_afrags(const float4 (&y)[D / 32], float m0, float m1, uint4 *A,
+                                          uint32_t (&a)[D / 32][4])
+{
+    constexpr int SKS = SCfg<D>::SKS, KS = SCfg<D>::KS;
+    const int lane = threadIdx.x & 31, c = threadIdx.x >> 5;
+#pragma unroll
+    for (int s = 0; s < SKS; s++) {
+        uint32_t v[4];
+        afrag(v, y[4 * s], y[4 * s + 1], y[4 * s + 2], y[4 * s + 3], m0, m1);
+        A[(c * SKS + s) * 32 + lane] = make_uint4(v[0], v[1], v[2], v[3]);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int ks = 0; ks < KS; ks++) {
+        const uint4 u = A[ks * 32 + lane];
+        a[ks][0] = u.x, a[ks][1] = u.y, a[ks][2] = u.z, a[ks][3] = u.w;
+    }
+}
+
+/* Mean and 1/std of rows g and g + 8 from the warps' slices x. */
+template <int D> __device__ __forceinline__ Moments moments_split(const float4 (&x)[D / 32], float2 *part, int &round)
+{
+    float s0 = 0.0f, q0 = 0.0f, s1 = 0.0f, q1 = 0.0f;
+#pragma unroll
+    for (int j = 0; j < D / 32; j++) {
+        s0 += x[j].x + x[j].y;
+        q0 += x[j].x * x[j].x + x[j].y * x[j].y;
+        s1 += x[j].z + x[j].w;
+        q1 += x[j].z * x[j].z + x[j].w * x[j].w;
+    }
+    const float4 m = across<false>(s0, q0, s1, q1, part, round);
+    Moments mo;
+    mo.m0 = m.x * (1.0f / D);
+    mo.m1 = m.z * (1.0f / D);
+    mo.r0 = 1.0f / sqrtf(fmaxf(m.y * (1.0f / D) - mo.m0 * mo.m0, 0.0f) + 1e-5f);
+    mo.r1 = 1.0f / sqrtf(fmaxf(m.w * (1.0f / D) - mo.m1 * mo.m1, 0.0f) + 1e-5f);
+    return mo;
+}
+
+/* LN(x) of the warp's slice, column tile c * D / 32 + j. */
+template <int D>
+__device__ __forceinline__ float4 ln_slice(const float4 &v, const Moments &mo, const float *w, const float *b, int j)
+{
+    const int lane = threadIdx.x & 31, c = threadIdx.x >> 5;
+    const int col = (c * (D / 32) + j) * 8 + (lane & 3) * 2;
+    const float2 ww = ldg2(w + col), bb = ldg2(b + col);
+    return make_float4((v.x - mo.m0) * mo.r0 * ww.x + bb.x, (v.y - mo.m0) * mo.r0 * ww.y + bb.y,
+                       (v.z - mo.m1) * mo.r1 * ww.x + bb.x, (v.w - mo.m1) * mo.r1 * ww.y + bb.y);
+}
+
+/* ln_quant for the split path: every warp's a holds the A fragments of
+ * LN(x) for the tile's rows; sr: the rows' scales. */
+template <int D>
+__device__ __forceinline__ void ln_quant_split(const float4 (&x)[D / 32], const float *w, const float *b, uint4 *A,
+                                               float2 *part, int &round, uint32_t (&a)[D / 32][4],
+                                               float &sr0, float &sr1)
+{
+    const Moments mo = moments_split<D>(x, part, round);
+    float4 y[D / 32];
+    float am0 = 0.0f, am1 = 0.0f;
+#pragma unroll
+    for (int j = 0; j < D / 32; j++) {
+        y[j] = ln_slice<D>(x[j], mo, w, b, j);
+        am0 = fmaxf(am0, fmaxf(fabsf(y[j].x), fabsf(y[j].y)));
+        am1 = fmaxf(am1, fmaxf(fabsf(y[j].z), fabsf(y[j].w)));
+    }
+    const float4 mx = across<true>(am0, 0.0f, am1, 0.0f, part, round);
+    const Quant q0 = quant_of(mx.x), q1 = quant_of(mx.z);
+    sr0 = q0.scale;
+    sr1 = q1.scale;
+    to_afrags<D>(y, q0.mul, q1.mul, A, a);
+}
+
+/* One block per 16 rows (blockIdx.x / 4: the user, HIST, in a cluster of
+ * 4 blocks; else the candidate tile; blockIdx.x % 4: which 16 rows). */
+template <int D, bool HIST, int MINB>
+__global__ void __launch_bounds__(4 * 32, MINB) split_kernel(const FW *__restrict__ fw, gp_batch bt, __half *kvc)
+{
+    using S = SCfg<D>;
+    constexpr int DH = S::DH, SNT = S::SNT, KS = S::KS, QK = S::QK, HNT = SNT, LDK = S::LDK;
+    extern __shared__ __align__(16) uint8_t sm[];
+    const int c = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3; /* c: head, slice */
+    const int r = blockIdx.x & 3; /* the block's 16 rows */
+    int b, first = 0, rows, row0 = r * 16;
+    if (HIST) {
+        b = blockIdx.x >> 2;
+        rows = bt.n_hist[b];
+    } else {
+        const int4 tile = bt.tiles[blockIdx.x >> 2];
+        b = tile.x;
+        first = tile.y;
+        rows = tile.z;
+    }
+    const int L = bt.n_hist[b], nl = fw->n_layers, f = fw->f;
+    if (HIST && L == 0) { /* u = LN_f(0) = ln_f.bias; the cluster leaves together */
+        for (int i = threadIdx.x; i < D && r == 0; i += blockDim.x)
+            bt.user_vec[(size_t)b * D + i] = fw->lnf_b[i];
+        return;
+    }
+    if (row0 >= rows) { /* past the last row: nothing to do but meet the cluster */
+        if (HIST)
+            for (int l = 0; l < nl; l++)
+                cluster_sync();
+        return;
+    }
+    uint4 *A = (uint4 *)sm, *Ah = A + KS * 32;
+    float *hs = (float *)(Ah + (size_t)f / 32 * 32);
+    float2 *part = (float2 *)(hs + (size_t)f / 128 * 16);
+    /* HIST: warp c's keys and values of head c for the block's rows */
+    __half *Kst = (__half *)(part + 2 * 4 * 16) + (size_t)c * 2 * 16 * LDK, *Vst = Kst + 16 * LDK;
+    const int tok0 = row0 + g, tok1 = tok0 + 8;
+    int round = 0;
+
+    float4 x[SNT]; /* the residual: rows g, g + 8 of column tiles c * SNT + j */
+    {
+        int it0, it1;
+        const float *add0a, *add0b, *add1a = NULL, *add1b = NULL;
+        if (HIST) {
+            const int32_t *items = bt.hist_items + (size_t)b * fw->max_hist;
+            const int32_t *acts = bt.hist_actions + (size_t)b * fw->max_hist;
+            it0 = tok0 < L ? items[tok0] : -1;
+            it1 = tok1 < L ? items[tok1] : -1;
+            add0a = fw->action_emb + (size_t)(tok0 < L ? acts[tok0] : 0) * D;
+            add0b = fw->action_emb + (size_t)(tok1 < L ? acts[tok1] : 0) * D;
+            add1a = fw->pos_emb + (size_t)(tok0 < L ? L - tok0 : 0) * D;
+            add1b = fw->pos_emb + (size_t)(tok1 < L ? L - tok1 : 0) * D;
+        } else {
+            it0 = tok0 < rows ? bt.cands[first + tok0] : 0;
+            it1 = tok1 < rows ? bt.cands[first + tok1] : 0;
+            add0a = add0b = fw->pos_emb;
+        }
+        const int8_t *q0 = fw->item_q + (size_t)(it0 < 0 ? 0 : it0) * fw->dp;
+        const int8_t *q1 = fw->item_q + (size_t)(it1 < 0 ? 0 : it1) * fw->dp;
+        const float s0 = it0 < 0 ? 0.0f : __ldg(&fw->item_scale[it0]);
+        const float s1 = it1 < 0 ? 0.0f : __ldg(&fw->item_scale[it1]);
+#pragma unroll
+        for (int j = 0; j < SNT; j++) {
+            const int col = (c * SNT + j) * 8 + t * 2;
+            const char2 e0 = *(const char2 *)&q0[col], e1 = *(const char2 *)&q1[col];
+            float2 a0 = ldg2(add0a + col), a1 = ldg2(add0b + col);
+            if (HIST) {
+                const float2 p0 = ldg2(add1a + col), p1 = ldg2(add1b + col);
+                a0.x += p0.x, a0.y += p0.y, a1.x += p1.x, a1.y += p1.y;
+            }
+            x[j] = make_float4((float)e0.x * s0 + a0.x, (float)e0.y * s0 + a0.y, (float)e1.x * s1 + a1.x,
+                               (float)e1.y * s1 + a1.y);
+            if (it0 < 0)
+                x[j].x = x[j].y = 0.0f;
+            if (it1 < 0)
+                x[j].z = x[j].w = 0.0f;
+        }
+    }
+
+    const float sl2 = 1.4426950408889634f / sqrtf((float)DH);
+    for (int l = 0; l < nl; l++) {
+        const FLayer &ly = fw->L[l];
+        __half *kvl = kvc + kv_off<D>(b, nl, l);
+        const int nkr = (L + 15) / 16 * 16;
+        uint32_t a[KS][4];
+        float sr0, sr1;
+        ln_quant_split<D>(x, ly.ln1_w, ly.ln1_b, A, part, round, a, sr0, sr1);
+        /* head c's k, then q (with the self score), then v */
+        const int qt = c * 3 * HNT; /* the head's first n8 tile of qkv rows: q, k, v */
+        float4 kf[HNT];
+        {
+            int acc[HNT][4];
+            zero(acc);
+            mma_tiles<HNT, KS>(acc, a, ly.qkv, KS / 2, qt + HNT, 0);
+#pragma unroll
+            for (int j = 0; j < HNT; j++) {
+                const int col = (qt + HNT + j) * 8 + t * 2;
+                kf[j] = deq(acc[j], sr0, sr1, ldg2(ly.qkv_s + col), ldg2(ly.qkv_b + col));
+            }
+        }
+        if (HIST)
+#pragma unroll
+            for (int j = 0; j < HNT; j++) {
+                const int col = j * 8 + t * 2;
+                *(uint32_t *)&Kst[g * LDK + col] = h2u(kf[j].x, kf[j].y);
+                *(uint32_t *)&Kst[(g + 8) * LDK + col] = h2u(kf[j].z, kf[j].w);
+            }
+        uint4 qf[QK];
+        float2 ss = make_float2(0.0f, 0.0f);
+        {
+            int acc[HNT][4];
+            zero(acc);
+            mma_tiles<HNT, KS>(acc, a, ly.qkv, KS / 2, qt, 0);
+            float4 q[HNT];
+            float d0 = 0.0f, d1 = 0.0f;
+#pragma unroll
+            for (int j = 0; j < HNT; j++) {
+                const int col = (qt + j) * 8 + t * 2;
+                q[j] = deq(acc[j], sr0, sr1, ldg2(ly.qkv_s + col), ldg2(ly.qkv_b + col));
+                d0 += q[j].x * kf[j].x + q[j].y * kf[j].y;
+                d1 += q[j].z * kf[j].z + q[j].w * kf[j].w;
+            }
+            if (!HIST)
+                ss = make_float2(gp_quad_sum(d0), gp_quad_sum(d1));
+#pragma unroll
+            for (int kk = 0; kk < QK; kk++)
+                qf[kk] = make_uint4(h2u(q[2 * kk].x, q[2 * kk].y), h2u(q[2 * kk].z, q[2 * kk].w),
+                                    h2u(q[2 * kk + 1].x, q[2 * kk + 1].y), h2u(q[2 * kk + 1].z, q[2 * kk + 1].w));
+        }
+        uint2 vself[HNT];
+        {
+            int acc[HNT][4];
+            zero(acc);
+            mma_tiles<HNT, KS>(acc, a, ly.qkv, KS / 2, qt + 2 * HNT, 0);
+#pragma unroll
+            for (int j = 0; j < HNT; j++) {
+                const int col = (qt + 2 * HNT + j) * 8 + t * 2;
+                const float4 v = deq(acc[j], sr0, sr1, ldg2(ly.qkv_s + col), ldg2(ly.qkv_b + col));
+                if (HIST) {
+                    const int hc = j * 8 + t * 2;
+                    *(uint32_t *)&Vst[g * LDK + hc] = h2u(v.x, v.y);
+                    *(uint32_t *)&Vst[(g + 8) * LDK + hc] = h2u(v.z, v.w);
+                }
+                vself[j] = make_uint2(h2u(v.x, v.y), h2u(v.z, v.w));
+            }
+        }
+        if (HIST) { /* the block's keys and values of head c to the cache, then everyone's back */
+            __syncwarp();
+            store_kv<D, DH>(Kst, Vst, 0, row0, 16, kvl, c, 1, lane, 32);
+            cluster_sync();
+        }
+        /* attention of head c; its output quantized per whole row */
+        float o[HNT][4];
+        const Attn at = attend<D, DH, HIST, false>(qf, ss, NULL, NULL, (const uint2 *)kvl, c,
+                                                   HIST ? r + 1 : nkr / 16, L, tok0, tok1, sl2, o);
+        {
+            float4 ov[HNT];
+            float am0 = 0.0f, am1 = 0.0f;
+#pragma unroll
+            for (int j = 0; j < HNT; j++) {
+                const float2 v0 = HIST ? make_float2(0.0f, 0.0f) : u2f(vself[j].x);
+                const float2 v1 = HIST ? make_float2(0.0f, 0.0f) : u2f(vself[j].y);
+                ov[j] = make_float4((o[j][0] + at.ps0 * v0.x) * at.i0, (o[j][1] + at.ps0 * v0.y) * at.i0,
+                                    (o[j][2] + at.ps1 * v1.x) * at.i1, (o[j][3] + at.ps1 * v1.y) * at.i1);
+                am0 = fmaxf(am0, fmaxf(fabsf(ov[j].x), fabsf(ov[j].y)));
+                am1 = fmaxf(am1, fmaxf(fabsf(ov[j].z), fabsf(ov[j].w)));
+            }
+            const float4 mx = across<true>(am0, 0.0f, am1, 0.0f, part, round);
+            const Quant q0 = quant_of(mx.x), q1 = quant_of(mx.z);
+            to_afrags<D>(ov, q0.mul, q1.mul, A, a);
+            /* x += out(O), the warp's slice */
+            int acc[SNT][4];
+            zero(acc);
+            mma_tiles<SNT, KS>(acc, a, ly.out, KS / 2, c * SNT, 0);
+#pragma unroll
+            for (int j = 0; j < SNT; j++) {
+                const int col = (c * SNT + j) * 8 + t * 2;
+                const float4 y = deq(acc[j], q0.scale, q1.scale, ldg2(ly.out_s + col), ldg2(ly.out_b + col));
+                x[j] = make_float4(x[j].x + y.x, x[j].y + y.y, x[j].z + y.z, x[j].w + y.w);
+            }
+        }
+        /* x += down(gelu(up(LN2(x)))): up and GELU of hidden chunks c, c + 4,
+         * ...; down of the warp's slice over every chunk */
+        ln_quant_split<D>(x, ly.ln2_w, ly.ln2_b, A, part, round, a, sr0, sr1);
+#pragma unroll 1
+        for (int ch = c; ch < f / 128; ch += 4) {
+            int acc[16][4];
+            zero(acc);
+            mma_tiles<16, KS>(acc, a, ly.up, KS / 2, ch * 16, 0);
+            float4 hv[16];
+            float am0 = 0.0f, am1 = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 16; j++) {
+                const int col = ch * 128 + j * 8 + t * 2;
+                const float4 y = deq(acc[j], sr0, sr1, ldg2(ly.up_s + col), ldg2(ly.up_b + col));
+                hv[j] = make_float4(gelu(y.x), gelu(y.y), gelu(y.z), gelu(y.w));
+                am0 = fmaxf(am0, fmaxf(fabsf(hv[j].x), fabsf(hv[j].y)));
+                am1 = fmaxf(am1, fmaxf(fabsf(hv[j].z), fabsf(hv[j].w)));
+            }
+            const Quant q0 = quant_of(gp_quad_max(am0)), q1 = quant_of(gp_quad_max(am1));
+#pragma unroll
+            for (int ks = 0; ks < 4; ks++) {
+                uint32_t v[4];
+                afrag(v, hv[4 * ks], hv[4 * ks + 1], hv[4 * ks + 2], hv[4 * ks + 3], q0.mul, q1.mul);
+                Ah[(ch * 4 + ks) * 32 + lane] = make_uint4(v[0], v[1], v[2], v[3]);
+            }
+            if (t == 0) {
+                hs[ch * 16 + g] = q0.scale;
+                hs[ch * 16 + g + 8] = q1.scale;
+            }
+        }
+        __syncthreads(); /* every chunk's A fragments */
+#pragma unroll 1
+        for (int ch = 0; ch < f / 128; ch++) {
+            uint32_t a2[4][4];
+#pragma unroll
+            for (int ks = 0; ks < 4; ks++) {
+                const uint4 u = Ah[(ch * 4 + ks) * 32 + lane];
+                a2[ks][0] = u.x, a2[ks][1] = u.y, a2[ks][2] = u.z, a2[ks][3] = u.w;
+            }
+            int dacc[SNT][4];
+            zero(dacc);
+            mma_tiles<SNT, 4>(dacc, a2, ly.down, f / 64, c * SNT, ch * 2);
+            const float s0 = hs[ch * 16 + g], s1 = hs[ch * 16 + g + 8];
+#pragma unroll
+            for (int j = 0; j < SNT; j++) {
+                const int col = (c * SNT + j) * 8 + t * 2;
+                const float2 bb = ch == 0 ? ldg2(ly.down_b + col) : make_float2(0.0f, 0.0f);
+                const float4 y = deq(dacc[j], s0, s1, ldg2(ly.down_s + col), bb);
+                x[j] = make_float4(x[j].x + y.x, x[j].y + y.y, x[j].z + y.z, x[j].w + y.w);
+            }
+        }
+    }
+    const Moments mo = moments_split<D>(x, part, round);
+    if (HIST) { /* u = LN_f(x of the newest token) */
+        const int last = L - 1;
+        if (last == tok0 || last == tok1)
+#pragma unroll
+            for (int j = 0; j < SNT; j++) {
+                const float4 y = ln_slice<D>(x[j], mo, fw->lnf_w, fw->lnf_b, j);
+                *(float2 *)&bt.user_vec[(size_t)b * D + (c * SNT + j) * 8 + t * 2] =
+                    last == tok0 ? make_float2(y.x, y.y) : make_float2(y.z, y.w);
+            }
+    } else { /* score = head . LN_f(x) + head_b */
+        float d0 = 0.0f, d1 = 0.0f;
+#pragma unroll
+        for (int j = 0; j < SNT; j++) {
+            const float4 y = ln_slice<D>(x[j], mo, fw->lnf_w, fw->lnf_b, j);
+            const float2 hw = ldg2(fw->head_w + (c * SNT + j) * 8 + t * 2);
+            d0 += y.x * hw.x + y.y * hw.y;
+            d1 += y.z * hw.x + y.w * hw.y;
+        }
+        const float4 d = across<false>(d0, 0.0f, d1, 0.0f, part, round);
+        if (c == 0 && t == 0) {
+            if (tok0 < rows)
+                bt.scores[first + tok0] = d.x + fw->head_b;
+            if (tok1 < rows)
+                bt.scores[first + tok1] = d.z + fw->head_b;
+        }
+    }
+}
+
 /* ---- one-time conversion of the weights ----------------------------------------------------------- */
 
 /* pi: A-fragment position p (0..31) of a k-step -> the input column (0..31)
@@ -727,7 +1195,14 @@ struct gp_fast {
     __half *kv;
     size_t hsmem, csmem;
     kern_t hist, cand, cand_few; /* cand_few: registers uncapped, for small batches */
+    /* the split path (d_model 128 and 256), NULL where there is none */
+    kern_t split_hist, split_cand;
+    size_t split_hsmem, split_csmem;
+    int mode;        /* FAST_AUTO, FAST_ROWS, FAST_SPLIT */
+    int split_below; /* FAST_AUTO: batches of fewer tiles take the split way */
 };
+
+enum { FAST_AUTO, FAST_ROWS, FAST_SPLIT };
 
 template <int D, int DH> static void pick(gp_fast *f)
 {
@@ -736,6 +1211,15 @@ template <int D, int DH> static void pick(gp_fast *f)
     f->cand_few = fast_kernel<D, DH, false, 1>;
     f->hsmem = Cfg<D, DH>::hist_smem;
     f->csmem = Cfg<D, DH>::cand_smem;
+}
+
+template <int D> static void pick_split(gp_fast *f, int d_ffn)
+{
+    f->split_hist = split_kernel<D, true, 1>;
+    f->split_cand = split_kernel<D, false, 1>;
+    f->split_hsmem = SCfg<D>::smem(true, d_ffn);
+    f->split_csmem = SCfg<D>::smem(false, d_ffn);
+    f->split_below = D == 128 ? SPLIT_TILES : INT_MAX;
 }
 
 int gp_fast_supports(const gp_weights *w, char *why, size_t whysz)
@@ -777,12 +1261,35 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
     gp_fast *s = (gp_fast *)calloc(1, sizeof *s);
     if (!s)
         return cm_errf(err, errsz, "gpu fast path: out of memory");
+    int dev = 0, major = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
     if (d == 64)
         pick<64, 16>(s);
     else if (d == 128)
         pick<128, 32>(s);
     else
         pick<256, 64>(s);
+    if (major >= 9 && d == 128) /* the split path's history needs clusters */
+        pick_split<128>(s, f);
+    else if (major >= 9 && d == 256)
+        pick_split<256>(s, f);
+    { /* RANKD_GPU_FAST=rows|split forces a path, for tests and comparisons */
+        const char *m = getenv("RANKD_GPU_FAST");
+        s->mode = !m || !*m || !strcmp(m, "auto") ? FAST_AUTO
+                  : !strcmp(m, "rows")            ? FAST_ROWS
+                  : !strcmp(m, "split")           ? FAST_SPLIT
+                                                  : -1;
+        if (s->mode < 0 || (s->mode == FAST_SPLIT && !s->split_hist)) {
+            if (s->mode < 0)
+                cm_errf(err, errsz, "RANKD_GPU_FAST is '%s': it takes auto, rows or split", m);
+            else
+                cm_errf(err, errsz, "RANKD_GPU_FAST is split, which needs d_model 128 or 256 (here %d) and a GPU "
+                        "of compute capability 9 or over (here %d)", d, major);
+            free(s);
+            return -1;
+        }
+    }
     /* per layer: four fragment-order matrices (d x 3d, d x d, d x f, f x d
      * bytes) and the qkv scales and biases in head order */
     const size_t mat = (size_t)3 * d * d + (size_t)d * d + 2 * (size_t)d * f, vec = sizeof(float) * 6 * d;
@@ -830,6 +1337,14 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
     GP_TRY(cudaFuncSetAttribute((const void *)s->cand_few, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                 (int)s->csmem),
            "shared memory of the candidate kernel");
+    if (s->split_hist) {
+        GP_TRY(cudaFuncSetAttribute((const void *)s->split_hist, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)s->split_hsmem),
+               "shared memory of the split history kernel");
+        GP_TRY(cudaFuncSetAttribute((const void *)s->split_cand, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)s->split_csmem),
+               "shared memory of the split candidate kernel");
+    }
     GP_TRY(cudaDeviceSynchronize(), "fast-path weight conversion");
     *out = s;
     return 0;
@@ -842,6 +1357,27 @@ int gp_fast_run(gp_fast *s, cudaStream_t st, const gp_batch *b, char *err, size_
 {
     if (b->B == 0)
         return 0;
+    if (s->mode == FAST_SPLIT || (s->mode == FAST_AUTO && s->split_hist && b->n_tiles < s->split_below)) {
+        cudaLaunchAttribute at;
+        at.id = cudaLaunchAttributeClusterDimension;
+        at.val.clusterDim.x = 4, at.val.clusterDim.y = 1, at.val.clusterDim.z = 1;
+        cudaLaunchConfig_t lc = {};
+        lc.gridDim = dim3(4 * b->B);
+        lc.blockDim = dim3(4 * 32);
+        lc.dynamicSmemBytes = s->split_hsmem;
+        lc.stream = st;
+        lc.attrs = &at;
+        lc.numAttrs = 1;
+        if (gp_cuda_err(cudaLaunchKernelEx(&lc, s->split_hist, (const FW *)s->d_w, *b, s->kv),
+                        "split history kernel", err, errsz))
+            return -1;
+        if (b->n_tiles > 0) {
+            s->split_cand<<<4 * b->n_tiles, 4 * 32, s->split_csmem, st>>>(s->d_w, *b, s->kv);
+            if (gp_cuda_err(cudaGetLastError(), "split candidate kernel", err, errsz))
+                return -1;
+        }
+        return 0;
+    }
     s->hist<<<b->B, THREADS, s->hsmem, st>>>(s->d_w, *b, s->kv);
     if (gp_cuda_err(cudaGetLastError(), "history kernel", err, errsz))
         return -1;

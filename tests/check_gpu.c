@@ -6,11 +6,13 @@
  *   probe        gp_probe finds the GPU; the engine names it;
  *   golden       every golden case, fp32, against the float64 reference:
  *                max |err| / max |ref| <= 1e-3 for scores and user vectors;
- *   int8         int8 golden cases and a 10,000-item model of the bench's
- *                student shape (64-event histories, 512 candidates, B = 16
- *                with histories 0..64 and some shorter candidate lists):
- *                GPU against the CPU scorer, top-10 overlap, scores, user
- *                vectors;
+ *   int8         int8 golden cases, a small random model of the
+ *                student's width ("mid") and 10,000-item models of the
+ *                bench's student and teacher shapes (64-event histories, 512
+ *                candidates, B = 16 with histories 0..64 and some shorter
+ *                candidate lists); the random ones through both ways of
+ *                gpu/fast.cu (rows, split): GPU against the CPU scorer,
+ *                top-10 overlap, scores, user vectors;
  *   retrieval    top-100 with exclusions, GPU against lm_retrieve on the
  *                same user vectors: the same items in the same order, but
  *                where scores tie within 1e-4 relative;
@@ -23,8 +25,8 @@
  * main() never touches CUDA: Check forks every test, and a CUDA context
  * does not survive fork. Every test frees what it made, so that the suite
  * also runs in one process (CK_FORK=no, as make test-gpu runs it under
- * compute-sanitizer). Test cases are tagged "sanitize" (the golden shapes,
- * also run under racecheck) or "big" (the 10,000-item model). */
+ * compute-sanitizer). Test cases are tagged "sanitize" (the golden shapes
+ * and mid, also run under racecheck) or "big" (the 10,000-item models). */
 #include <check.h>
 #include <math.h>
 #include <stdint.h>
@@ -62,6 +64,16 @@
 #define BIG_M 512
 static const lm_config big_cfg = {.d_model = 128, .n_heads = 4, .n_layers = 2, .d_ffn = 512,
                                   .max_hist = 64, .n_items = 10000, .n_actions = 8};
+/* ... and the bench's teacher shape on it; and a small model of
+ * gpu/fast.cu's student width, small enough for racecheck: histories of up
+ * to 40 events (3 of a history cluster's 4 blocks at work), 100 candidates
+ * (a tile of 36: its last 16 rows idle) */
+static const lm_config bigt_cfg = {.d_model = 256, .n_heads = 4, .n_layers = 4, .d_ffn = 1024,
+                                   .max_hist = 64, .n_items = 10000, .n_actions = 8};
+static const lm_config mid_cfg = {.d_model = 128, .n_heads = 4, .n_layers = 2, .d_ffn = 256,
+                                  .max_hist = 40, .n_items = 500, .n_actions = 8};
+#define MID_B 6
+#define MID_M 100
 
 /* ---- helpers ------------------------------------------------------------------ */
 
@@ -143,28 +155,40 @@ static void write_random_model(const char *path, const lm_config *c, uint64_t se
     free(specs);
 }
 
-/* The 10,000-item model, fp32 (int8 = 0) or int8, written to the scratch
- * directory by the first test that asks (tests run one at a time). */
-static lm_model *big_model(int int8)
+/* A random model (name "big": the student shape, "bigt": the teacher's,
+ * "mid"), fp32 (int8 = 0) or int8, written to the scratch directory by the
+ * first test that asks (tests run one at a time). */
+static lm_model *big_model(const char *name, const lm_config *c, int int8)
 {
-    char fp32[TU_PATH], q[TU_PATH];
-    tu_tmp_path(fp32, "big.safetensors");
-    tu_tmp_path(q, "big.int8.safetensors");
+    char fp32[TU_PATH], q[TU_PATH], qname[64];
+    snprintf(qname, sizeof qname, "%s.int8.safetensors", name);
+    tu_tmp_path(q, qname);
+    snprintf(qname, sizeof qname, "%s.safetensors", name);
+    tu_tmp_path(fp32, qname);
     if (access(q, R_OK) != 0) {
-        write_random_model(fp32, &big_cfg, 2024);
-        tu_quantize(fp32, "big.int8.safetensors", q);
+        write_random_model(fp32, c, 2024);
+        snprintf(qname, sizeof qname, "%s.int8.safetensors", name);
+        tu_quantize(fp32, qname, q);
     }
     return tu_model_load(int8 ? q : fp32);
 }
 
-/* Parity cases: the golden cases, then the big model. */
-#define N_PARITY (TU_N_CASES + 1)
+/* Parity cases: the golden cases, mid (N_SMALL: the cases racecheck
+ * runs), then the two big models. */
+#define N_SMALL (TU_N_CASES + 1)
+#define N_PARITY (TU_N_CASES + 3)
 
-static const char *parity_name(int i) { return i < TU_N_CASES ? tu_case_name(i) : "big"; }
+static const char *parity_name(int i)
+{
+    static const char *const rnd[] = {"mid", "big", "bigt"};
+    return i < TU_N_CASES ? tu_case_name(i) : rnd[i - TU_N_CASES];
+}
 
 static lm_model *parity_model(int i, int int8)
 {
-    return i < TU_N_CASES ? tu_case_model(tu_case_name(i), int8) : big_model(int8);
+    static const lm_config *const cfgs[] = {&mid_cfg, &big_cfg, &bigt_cfg};
+    return i < TU_N_CASES ? tu_case_model(tu_case_name(i), int8)
+                          : big_model(parity_name(i), cfgs[i - TU_N_CASES], int8);
 }
 
 /* ---- a batch of requests, scored on two devices --------------------------------- */
@@ -227,26 +251,26 @@ static void batch_golden(batch *bt, const char *case_name)
     tu_io_free(&io);
 }
 
-/* BIG_B users at the bench's shape: histories of every length class (0, 1,
- * full, random), mostly BIG_M candidates, some fewer, one none, and one
+/* B users of M candidate slots: histories of every length class (0, 1,
+ * full, random), mostly M candidates, some fewer, one none, and (B > 5) one
  * request without a user_vec output. */
-static void batch_random(batch *bt, const lm_config *c, uint64_t seed)
+static void batch_random(batch *bt, const lm_config *c, uint64_t seed, int B, int M)
 {
     tu_rng rng = {.s = seed};
     const int H = c->max_hist;
-    batch_alloc(bt, BIG_B, H, BIG_M, c->d_model);
-    for (int b = 0; b < BIG_B; b++) {
+    batch_alloc(bt, B, H, M, c->d_model);
+    for (int b = 0; b < B; b++) {
         lm_request *r = &bt->reqs[b];
         r->n_hist = b == 0 ? 0 : b == 1 ? 1 : b == 2 ? H : tu_int(&rng, 0, H);
-        r->n_cands = b == 4 ? 0 : b % 5 == 3 ? tu_int(&rng, 1, BIG_M - 1) : BIG_M;
+        r->n_cands = b == 4 ? 0 : b % 5 == 3 ? tu_int(&rng, 1, M - 1) : M;
         for (int t = 0; t < H; t++) {
             bt->items[(size_t)b * H + t] = tu_int(&rng, 0, c->n_items - 1);
             bt->actions[(size_t)b * H + t] = tu_int(&rng, 0, c->n_actions - 1);
         }
-        for (int j = 0; j < BIG_M; j++)
-            bt->cands[(size_t)b * BIG_M + j] = tu_int(&rng, 0, c->n_items - 1);
+        for (int j = 0; j < M; j++)
+            bt->cands[(size_t)b * M + j] = tu_int(&rng, 0, c->n_items - 1);
     }
-    bt->no_uv = 5;
+    bt->no_uv = B > 5 ? 5 : -1;
 }
 
 /* Points the requests' outputs at s [B, M] and u [B, d], pre-filled with NaN. */
@@ -367,19 +391,31 @@ START_TEST(test_int8_parity)
     if (_i < TU_N_CASES)
         batch_golden(&bt, name);
     else
-        batch_random(&bt, &m->cfg, 77);
+        batch_random(&bt, &m->cfg, 77, _i == TU_N_CASES ? MID_B : BIG_B, _i == TU_N_CASES ? MID_M : BIG_M);
     batch_score_cpu(&bt, m);
-    gp_engine *e = engine_new(m, bt.B, bt.M);
-    batch_score_gpu(&bt, e);
-    double worst, mean = batch_overlap(&bt, &worst), ds, du;
-    batch_diffs(&bt, &ds, &du);
-    printf("int8        %-5s B=%d m<=%d: top-10 overlap GPU vs CPU mean %.3f (worst user %.2f, min mean %.2f); "
-           "max|diff|/max|cpu|: scores %.3e, user_vec %.3e (tol %.0e)\n", name, bt.B, bt.M, mean, worst,
-           TOP10_MEAN, ds, du, INT8_REL_TOL);
-    ck_assert_msg(mean >= TOP10_MEAN, "%s: mean top-10 overlap %.3f < %.2f", name, mean, TOP10_MEAN);
-    ck_assert_msg(ds <= INT8_REL_TOL, "%s: scores max|diff|/max|cpu| %g > %g", name, ds, INT8_REL_TOL);
-    ck_assert_msg(du <= INT8_REL_TOL, "%s: user_vec max|diff|/max|cpu| %g > %g", name, du, INT8_REL_TOL);
-    gp_engine_free(e);
+    /* The random models take gpu/fast.cu's path, whose two ways
+     * (RANKD_GPU_FAST) are each checked; the golden shapes (small: the fast
+     * path's rows way, the others the generic kernels) the engine's choice. */
+    static const char *const paths[] = {"rows", "split"};
+    const int n_paths = _i < TU_N_CASES ? 1 : 2;
+    for (int p = 0; p < n_paths; p++) {
+        const char *path = _i < TU_N_CASES ? "auto" : paths[p];
+        setenv("RANKD_GPU_FAST", path, 1);
+        gp_engine *e = engine_new(m, bt.B, bt.M);
+        batch_score_gpu(&bt, e);
+        double worst, mean = batch_overlap(&bt, &worst), ds, du;
+        batch_diffs(&bt, &ds, &du);
+        printf("int8        %-5s %-5s B=%d m<=%d: top-10 overlap GPU vs CPU mean %.3f (worst user %.2f, min mean "
+               "%.2f); max|diff|/max|cpu|: scores %.3e, user_vec %.3e (tol %.0e)\n", name, path, bt.B, bt.M,
+               mean, worst, TOP10_MEAN, ds, du, INT8_REL_TOL);
+        ck_assert_msg(mean >= TOP10_MEAN, "%s %s: mean top-10 overlap %.3f < %.2f", name, path, mean, TOP10_MEAN);
+        ck_assert_msg(ds <= INT8_REL_TOL, "%s %s: scores max|diff|/max|cpu| %g > %g", name, path, ds,
+                      INT8_REL_TOL);
+        ck_assert_msg(du <= INT8_REL_TOL, "%s %s: user_vec max|diff|/max|cpu| %g > %g", name, path, du,
+                      INT8_REL_TOL);
+        gp_engine_free(e);
+        unsetenv("RANKD_GPU_FAST");
+    }
     lm_model_free(m);
     batch_free(&bt);
 }
@@ -404,7 +440,7 @@ static void users_make(user_set *us, int i, const lm_model *m, uint64_t seed)
     if (i < TU_N_CASES)
         batch_golden(&bt, tu_case_name(i));
     else
-        batch_random(&bt, &m->cfg, 77);
+        batch_random(&bt, &m->cfg, 77, i == TU_N_CASES ? MID_B : BIG_B, i == TU_N_CASES ? MID_M : BIG_M);
     batch_score_cpu(&bt, m);
     us->d = m->cfg.d_model;
     us->uv = malloc(sizeof(float) * (size_t)(bt.B + 5) * us->d);
@@ -833,9 +869,9 @@ static double answer_overlap(const rk_request *a, const rk_request *b)
 START_TEST(test_scorer)
 {
     need_gpu();
-    lm_model *m = big_model(1);
+    lm_model *m = big_model("big", &big_cfg, 1);
     batch bt;
-    batch_random(&bt, &m->cfg, 91);
+    batch_random(&bt, &m->cfg, 91, BIG_B, BIG_M);
     rk_scorer *cpu = rk_new(m, "cpu"), *gpu = rk_new(m, "cuda"), *aut = rk_new(m, "auto");
     ck_assert_msg(!rk_scorer_gpu(cpu) && rk_scorer_gpu(gpu) && rk_scorer_gpu(aut),
                   "cpu on the GPU, or cuda/auto on the CPU");
@@ -900,10 +936,10 @@ static Suite *gpu_suite(void)
     Suite *s = suite_create("gpu");
     tcase_add_test(tcase(s, "probe", "sanitize"), test_probe);
     tcase_add_loop_test(tcase(s, "golden", "sanitize"), test_golden, 0, TU_N_CASES);
-    tcase_add_loop_test(tcase(s, "int8", "sanitize"), test_int8_parity, 0, TU_N_CASES);
-    tcase_add_loop_test(tcase(s, "int8_big", "big"), test_int8_parity, TU_N_CASES, N_PARITY);
-    tcase_add_loop_test(tcase(s, "retrieval", "sanitize"), test_retrieval, 0, TU_N_CASES);
-    tcase_add_loop_test(tcase(s, "retrieval_big", "big"), test_retrieval, TU_N_CASES, N_PARITY);
+    tcase_add_loop_test(tcase(s, "int8", "sanitize"), test_int8_parity, 0, N_SMALL);
+    tcase_add_loop_test(tcase(s, "int8_big", "big"), test_int8_parity, N_SMALL, N_PARITY);
+    tcase_add_loop_test(tcase(s, "retrieval", "sanitize"), test_retrieval, 0, N_SMALL);
+    tcase_add_loop_test(tcase(s, "retrieval_big", "big"), test_retrieval, N_SMALL, N_PARITY);
     tcase_add_test(tcase(s, "validation", "sanitize"), test_validation);
     tcase_add_test(tcase(s, "scorer", "big"), test_scorer);
     return s;
