@@ -52,8 +52,11 @@ template <int D> constexpr int cand_blocks() { return D <= 128 ? 3 : 1; }
  * and scorer cases the other. */
 constexpr int FEW_TILES = 128;
 /* Student-width batches of fewer candidate tiles than this take the split
- * way (split_kernel); the teacher's take it at every size. */
-constexpr int SPLIT_TILES = 256;
+ * way (split_kernel); the teacher's take it at every size. Measured on an
+ * H200 (bench/NOTES.md): B=32 (256 tiles) 173 us split against 185 rows,
+ * B=64 (512 tiles) 306 against 299; teacher split 1.3-3.1x faster at every
+ * B from 1 to 512. */
+constexpr int SPLIT_TILES = 384;
 static_assert(ROWS == GP_TILE, "a candidate tile is one block");
 static_assert(MAXK == ROWS, "a history is one block");
 
