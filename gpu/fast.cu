@@ -457,6 +457,58 @@ __device__ __forceinline__ Attn attend(const uint4 (&qf)[DH / 16], float2 ss, co
     return at;
 }
 
+/* The embeddings of rows tok0 and tok1 (HIST: history events of user b,
+ * L of them; else candidates first + tok of rows), a column pair at a time
+ * in the accumulator layout: at(col) = rows tok0 (x, y) and tok1 (z, w). */
+template <int D, bool HIST> struct Emb {
+    const int8_t *q0, *q1;
+    const float *add0a, *add0b, *add1a, *add1b;
+    float s0, s1;
+    bool z0, z1; /* rows past the history: zero */
+    __device__ __forceinline__ Emb(const FW *fw, const gp_batch &bt, int b, int L, int first, int rows, int tok0,
+                                   int tok1)
+    {
+        int it0, it1;
+        add1a = add1b = NULL;
+        if (HIST) {
+            const int32_t *items = bt.hist_items + (size_t)b * fw->max_hist;
+            const int32_t *acts = bt.hist_actions + (size_t)b * fw->max_hist;
+            it0 = tok0 < L ? items[tok0] : -1;
+            it1 = tok1 < L ? items[tok1] : -1;
+            add0a = fw->action_emb + (size_t)(tok0 < L ? acts[tok0] : 0) * D;
+            add0b = fw->action_emb + (size_t)(tok1 < L ? acts[tok1] : 0) * D;
+            add1a = fw->pos_emb + (size_t)(tok0 < L ? L - tok0 : 0) * D;
+            add1b = fw->pos_emb + (size_t)(tok1 < L ? L - tok1 : 0) * D;
+        } else {
+            it0 = tok0 < rows ? bt.cands[first + tok0] : 0;
+            it1 = tok1 < rows ? bt.cands[first + tok1] : 0;
+            add0a = add0b = fw->pos_emb;
+        }
+        q0 = fw->item_q + (size_t)(it0 < 0 ? 0 : it0) * fw->dp;
+        q1 = fw->item_q + (size_t)(it1 < 0 ? 0 : it1) * fw->dp;
+        s0 = it0 < 0 ? 0.0f : __ldg(&fw->item_scale[it0]);
+        s1 = it1 < 0 ? 0.0f : __ldg(&fw->item_scale[it1]);
+        z0 = it0 < 0;
+        z1 = it1 < 0;
+    }
+    __device__ __forceinline__ float4 at(int col) const
+    {
+        const char2 e0 = *(const char2 *)&q0[col], e1 = *(const char2 *)&q1[col];
+        float2 a0 = ldg2(add0a + col), a1 = ldg2(add0b + col);
+        if (HIST) {
+            const float2 p0 = ldg2(add1a + col), p1 = ldg2(add1b + col);
+            a0.x += p0.x, a0.y += p0.y, a1.x += p1.x, a1.y += p1.y;
+        }
+        float4 v = make_float4((float)e0.x * s0 + a0.x, (float)e0.y * s0 + a0.y, (float)e1.x * s1 + a1.x,
+                               (float)e1.y * s1 + a1.y);
+        if (z0)
+            v.x = v.y = 0.0f;
+        if (z1)
+            v.z = v.w = 0.0f;
+        return v;
+    }
+};
+
 /* HIST: one block per user, row r = history token r (causal attention,
  * keys and values written to the cache); else one block per tile of up to
  * 64 candidates of one user (attention to the cached history and self). */
@@ -496,43 +548,10 @@ __global__ void __launch_bounds__(THREADS, MINB) fast_kernel(const FW *__restric
     const int tok0 = warp * 16 + g, tok1 = tok0 + 8;
 
     if (live) { /* embeddings, in the accumulator layout */
-        int it0, it1;
-        const float *add0a, *add0b, *add1a = NULL, *add1b = NULL;
-        if (HIST) {
-            const int32_t *items = bt.hist_items + (size_t)b * fw->max_hist;
-            const int32_t *acts = bt.hist_actions + (size_t)b * fw->max_hist;
-            it0 = tok0 < L ? items[tok0] : -1;
-            it1 = tok1 < L ? items[tok1] : -1;
-            add0a = fw->action_emb + (size_t)(tok0 < L ? acts[tok0] : 0) * D;
-            add0b = fw->action_emb + (size_t)(tok1 < L ? acts[tok1] : 0) * D;
-            add1a = fw->pos_emb + (size_t)(tok0 < L ? L - tok0 : 0) * D;
-            add1b = fw->pos_emb + (size_t)(tok1 < L ? L - tok1 : 0) * D;
-        } else {
-            it0 = tok0 < rows ? bt.cands[first + tok0] : 0;
-            it1 = tok1 < rows ? bt.cands[first + tok1] : 0;
-            add0a = add0b = fw->pos_emb;
-        }
-        const int8_t *q0 = fw->item_q + (size_t)(it0 < 0 ? 0 : it0) * fw->dp;
-        const int8_t *q1 = fw->item_q + (size_t)(it1 < 0 ? 0 : it1) * fw->dp;
-        const float s0 = it0 < 0 ? 0.0f : __ldg(&fw->item_scale[it0]);
-        const float s1 = it1 < 0 ? 0.0f : __ldg(&fw->item_scale[it1]);
+        const Emb<D, HIST> e(fw, bt, b, L, first, rows, tok0, tok1);
 #pragma unroll 4
-        for (int j = 0; j < NT; j++) {
-            const int c = j * 8 + t * 2;
-            const char2 e0 = *(const char2 *)&q0[c], e1 = *(const char2 *)&q1[c];
-            float2 a0 = ldg2(add0a + c), a1 = ldg2(add0b + c);
-            if (HIST) {
-                const float2 p0 = ldg2(add1a + c), p1 = ldg2(add1b + c);
-                a0.x += p0.x, a0.y += p0.y, a1.x += p1.x, a1.y += p1.y;
-            }
-            float4 v = make_float4((float)e0.x * s0 + a0.x, (float)e0.y * s0 + a0.y, (float)e1.x * s1 + a1.x,
-                                   (float)e1.y * s1 + a1.y);
-            if (it0 < 0)
-                v.x = v.y = 0.0f;
-            if (it1 < 0)
-                v.z = v.w = 0.0f;
-            xs[j * 32 + lane] = v;
-        }
+        for (int j = 0; j < NT; j++)
+            xs[j * 32 + lane] = e.at(j * 8 + t * 2);
     }
 
     const float sl2 = 1.4426950408889634f / sqrtf((float)DH); /* attention scale, log2 units */
@@ -922,42 +941,10 @@ __global__ void __launch_bounds__(4 * 32, MINB) split_kernel(const FW *__restric
 
     float4 x[SNT]; /* the residual: rows g, g + 8 of column tiles c * SNT + j */
     {
-        int it0, it1;
-        const float *add0a, *add0b, *add1a = NULL, *add1b = NULL;
-        if (HIST) {
-            const int32_t *items = bt.hist_items + (size_t)b * fw->max_hist;
-            const int32_t *acts = bt.hist_actions + (size_t)b * fw->max_hist;
-            it0 = tok0 < L ? items[tok0] : -1;
-            it1 = tok1 < L ? items[tok1] : -1;
-            add0a = fw->action_emb + (size_t)(tok0 < L ? acts[tok0] : 0) * D;
-            add0b = fw->action_emb + (size_t)(tok1 < L ? acts[tok1] : 0) * D;
-            add1a = fw->pos_emb + (size_t)(tok0 < L ? L - tok0 : 0) * D;
-            add1b = fw->pos_emb + (size_t)(tok1 < L ? L - tok1 : 0) * D;
-        } else {
-            it0 = tok0 < rows ? bt.cands[first + tok0] : 0;
-            it1 = tok1 < rows ? bt.cands[first + tok1] : 0;
-            add0a = add0b = fw->pos_emb;
-        }
-        const int8_t *q0 = fw->item_q + (size_t)(it0 < 0 ? 0 : it0) * fw->dp;
-        const int8_t *q1 = fw->item_q + (size_t)(it1 < 0 ? 0 : it1) * fw->dp;
-        const float s0 = it0 < 0 ? 0.0f : __ldg(&fw->item_scale[it0]);
-        const float s1 = it1 < 0 ? 0.0f : __ldg(&fw->item_scale[it1]);
+        const Emb<D, HIST> e(fw, bt, b, L, first, rows, tok0, tok1);
 #pragma unroll
-        for (int j = 0; j < SNT; j++) {
-            const int col = (c * SNT + j) * 8 + t * 2;
-            const char2 e0 = *(const char2 *)&q0[col], e1 = *(const char2 *)&q1[col];
-            float2 a0 = ldg2(add0a + col), a1 = ldg2(add0b + col);
-            if (HIST) {
-                const float2 p0 = ldg2(add1a + col), p1 = ldg2(add1b + col);
-                a0.x += p0.x, a0.y += p0.y, a1.x += p1.x, a1.y += p1.y;
-            }
-            x[j] = make_float4((float)e0.x * s0 + a0.x, (float)e0.y * s0 + a0.y, (float)e1.x * s1 + a1.x,
-                               (float)e1.y * s1 + a1.y);
-            if (it0 < 0)
-                x[j].x = x[j].y = 0.0f;
-            if (it1 < 0)
-                x[j].z = x[j].w = 0.0f;
-        }
+        for (int j = 0; j < SNT; j++)
+            x[j] = e.at((c * SNT + j) * 8 + t * 2);
     }
 
     const float sl2 = 1.4426950408889634f / sqrtf((float)DH);
