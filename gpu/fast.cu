@@ -365,12 +365,13 @@ template <bool NC> __device__ __forceinline__ uint2 ld_kv(const uint2 *p)
  * ss and whose value the caller adds with weight ps), softmax in log2 units
  * (sl2), o = P V unnormalized; i: 1 / the softmax's sums. SMEM: the keys
  * and values in shared memory, Kh and Vh [MAXK][LDK]; else the cache kvf in
- * fragment order (written by this kernel where HIST). */
+ * fragment order, loaded through the non-coherent path where NC (written by
+ * an earlier kernel). */
 struct Attn {
     float ps0, ps1, i0, i1; /* rows g and g + 8 */
 };
 
-template <int D, int DH, bool HIST, bool SMEM>
+template <int D, int DH, bool HIST, bool SMEM, bool NC = !HIST>
 __device__ __forceinline__ Attn attend(const uint4 (&qf)[DH / 16], float2 ss, const __half *Kh, const __half *Vh,
                                        const uint2 *kvf, int h, int nkb, int L, int tok0, int tok1, float sl2,
                                        float (&o)[DH / 8][4])
@@ -393,8 +394,8 @@ __device__ __forceinline__ Attn attend(const uint4 (&qf)[DH / 16], float2 ss, co
                     bk = ldsm_x4(Kh + (size_t)(kb * 16 + (mat >> 1) * 8 + mr) * LDK + kk * 16 + (mat & 1) * 8,
                                  false);
                 } else {
-                    const uint2 k0 = ld_kv<!HIST>(&kvf[F::k(h, 2 * kb, kk, lane)]);
-                    const uint2 k1 = ld_kv<!HIST>(&kvf[F::k(h, 2 * kb + 1, kk, lane)]);
+                    const uint2 k0 = ld_kv<NC>(&kvf[F::k(h, 2 * kb, kk, lane)]);
+                    const uint2 k1 = ld_kv<NC>(&kvf[F::k(h, 2 * kb + 1, kk, lane)]);
                     bk = make_uint4(k0.x, k0.y, k1.x, k1.y);
                 }
                 mma_f16(s[2 * kb], qf[kk], bk.x, bk.y);
@@ -446,8 +447,8 @@ __device__ __forceinline__ Attn attend(const uint4 (&qf)[DH / 16], float2 ss, co
                     bv = ldsm_x4(Vh + (size_t)(kb * 16 + (mat & 1) * 8 + mr) * LDK + np * 16 + (mat >> 1) * 8,
                                  true);
                 } else {
-                    const uint2 v0 = ld_kv<!HIST>(&kvf[F::v(h, kb, 2 * np, lane)]);
-                    const uint2 v1 = ld_kv<!HIST>(&kvf[F::v(h, kb, 2 * np + 1, lane)]);
+                    const uint2 v0 = ld_kv<NC>(&kvf[F::v(h, kb, 2 * np, lane)]);
+                    const uint2 v1 = ld_kv<NC>(&kvf[F::v(h, kb, 2 * np + 1, lane)]);
                     bv = make_uint4(v0.x, v0.y, v1.x, v1.y);
                 }
                 mma_f16(o[2 * np], pf, bv.x, bv.y);
@@ -792,6 +793,48 @@ __device__ __forceinline__ void cluster_sync()
 #endif
 }
 
+/* The split way's two kernels run at once (programmatic dependent launch,
+ * Hopper): the history kernel lets the candidate kernel start as soon as
+ * every history block has started, and each layer, once its cluster has
+ * written that layer's keys and values, publishes flags[user] = gen << 8 |
+ * layers done (release, device scope; gen numbers the calls, so flags need
+ * no reset); a candidate waits for its user's flag (acquire) only where it
+ * first needs the cache, before attention, so its embeddings and the
+ * layer's q, k, v overlap the history's work. No deadlock: candidates
+ * start only after every history block is resident, and history blocks
+ * never wait for candidates. A candidate block ends by waiting for the
+ * history grid (griddepcontrol.wait), so the call's copy of the user
+ * vectors, after the candidate kernel, sees the finished history. */
+__device__ __forceinline__ void pdl_launch_dependents()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_wait_primary()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void flag_publish(unsigned long long *p, unsigned long long v)
+{
+    asm volatile("st.release.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+
+__device__ __forceinline__ void flag_wait(const unsigned long long *p, unsigned long long want)
+{
+    for (;;) {
+        unsigned long long v;
+        asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+        if ((long long)(v - want) >= 0)
+            return;
+        __nanosleep(100);
+    }
+}
+
 template <bool MAX>
 __device__ __forceinline__ float4 across(float a0, float b0, float a1, float b1, float2 *part, int &round)
 {
@@ -902,7 +945,8 @@ __device__ __forceinline__ void ln_quant_split(const float4 (&x)[D / 32], const 
 /* One block per 16 rows (blockIdx.x / 4: the user, HIST, in a cluster of
  * 4 blocks; else the candidate tile; blockIdx.x % 4: which 16 rows). */
 template <int D, bool HIST, int MINB>
-__global__ void __launch_bounds__(4 * 32, MINB) split_kernel(const FW *__restrict__ fw, gp_batch bt, __half *kvc)
+__global__ void __launch_bounds__(4 * 32, MINB)
+    split_kernel(const FW *__restrict__ fw, gp_batch bt, __half *kvc, unsigned long long *flags, unsigned long long gen)
 {
     using S = SCfg<D>;
     constexpr int DH = S::DH, SNT = S::SNT, KS = S::KS, QK = S::QK, HNT = SNT, LDK = S::LDK;
@@ -919,6 +963,8 @@ __global__ void __launch_bounds__(4 * 32, MINB) split_kernel(const FW *__restric
         first = tile.y;
         rows = tile.z;
     }
+    if (HIST)
+        pdl_launch_dependents();
     const int L = bt.n_hist[b], nl = fw->n_layers, f = fw->f;
     if (HIST && L == 0) { /* u = LN_f(0) = ln_f.bias; the cluster leaves together */
         for (int i = threadIdx.x; i < D && r == 0; i += blockDim.x)
@@ -929,6 +975,8 @@ __global__ void __launch_bounds__(4 * 32, MINB) split_kernel(const FW *__restric
         if (HIST)
             for (int l = 0; l < nl; l++)
                 cluster_sync();
+        else
+            pdl_wait_primary();
         return;
     }
     uint4 *A = (uint4 *)sm, *Ah = A + KS * 32;
@@ -1018,10 +1066,14 @@ __global__ void __launch_bounds__(4 * 32, MINB) split_kernel(const FW *__restric
             __syncwarp();
             store_kv<D, DH>(Kst, Vst, 0, row0, 16, kvl, c, 1, lane, 32);
             cluster_sync();
+            if (r == 0 && threadIdx.x == 0) /* the cluster's layer l is in the cache */
+                flag_publish(&flags[b], gen << 8 | (unsigned)(l + 1));
+        } else if (L > 0) {
+            flag_wait(&flags[b], gen << 8 | (unsigned)(l + 1));
         }
         /* attention of head c; its output quantized per whole row */
         float o[HNT][4];
-        const Attn at = attend<D, DH, HIST, false>(qf, ss, NULL, NULL, (const uint2 *)kvl, c,
+        const Attn at = attend<D, DH, HIST, false, false>(qf, ss, NULL, NULL, (const uint2 *)kvl, c,
                                                    HIST ? r + 1 : nkr / 16, L, tok0, tok1, sl2, o);
         {
             float4 ov[HNT];
@@ -1127,6 +1179,7 @@ __global__ void __launch_bounds__(4 * 32, MINB) split_kernel(const FW *__restric
             if (tok1 < rows)
                 bt.scores[first + tok1] = d.z + fw->head_b;
         }
+        pdl_wait_primary();
     }
 }
 
@@ -1175,6 +1228,8 @@ __global__ void to_head_order(const float *src, int d, int dh, float *dst)
 }
 
 typedef void (*kern_t)(const FW *, gp_batch, __half *);
+static_assert(LM_MAX_LAYERS < 256, "split-way flags count layers in 8 bits");
+typedef void (*split_t)(const FW *, gp_batch, __half *, unsigned long long *, unsigned long long);
 
 } // namespace
 
@@ -1186,8 +1241,10 @@ struct gp_fast {
     size_t hsmem, csmem;
     kern_t hist, cand, cand_few; /* cand_few: registers uncapped, for small batches */
     /* the split path (d_model 128 and 256), NULL where there is none */
-    kern_t split_hist, split_cand;
+    split_t split_hist, split_cand;
     size_t split_hsmem, split_csmem;
+    unsigned long long *flags; /* per request: the split history's layers done, gen << 8 | n */
+    unsigned long long gen;    /* split calls so far */
     int mode;        /* FAST_AUTO, FAST_ROWS, FAST_SPLIT */
     int split_below; /* FAST_AUTO: batches of fewer tiles take the split way */
 };
@@ -1240,6 +1297,7 @@ void gp_fast_free(gp_fast *f)
         return;
     cudaFree(f->pool);
     cudaFree(f->kv);
+    cudaFree(f->flags);
     free(f);
 }
 
@@ -1328,6 +1386,8 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
                                 (int)s->csmem),
            "shared memory of the candidate kernel");
     if (s->split_hist) {
+        GP_TRY(cudaMalloc(&s->flags, sizeof *s->flags * (size_t)max_batch), "split-way flags");
+        GP_TRY(cudaMemset(s->flags, 0, sizeof *s->flags * (size_t)max_batch), "split-way flags");
         GP_TRY(cudaFuncSetAttribute((const void *)s->split_hist, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     (int)s->split_hsmem),
                "shared memory of the split history kernel");
@@ -1348,6 +1408,9 @@ int gp_fast_run(gp_fast *s, cudaStream_t st, const gp_batch *b, char *err, size_
     if (b->B == 0)
         return 0;
     if (s->mode == FAST_SPLIT || (s->mode == FAST_AUTO && s->split_hist && b->n_tiles < s->split_below)) {
+        /* the history a cluster of 4 blocks per request; the candidates
+         * launched to run alongside it (split_kernel: the flags) */
+        const unsigned long long gen = ++s->gen;
         cudaLaunchAttribute at;
         at.id = cudaLaunchAttributeClusterDimension;
         at.val.clusterDim.x = 4, at.val.clusterDim.y = 1, at.val.clusterDim.z = 1;
@@ -1358,12 +1421,16 @@ int gp_fast_run(gp_fast *s, cudaStream_t st, const gp_batch *b, char *err, size_
         lc.stream = st;
         lc.attrs = &at;
         lc.numAttrs = 1;
-        if (gp_cuda_err(cudaLaunchKernelEx(&lc, s->split_hist, (const FW *)s->d_w, *b, s->kv),
+        if (gp_cuda_err(cudaLaunchKernelEx(&lc, s->split_hist, (const FW *)s->d_w, *b, s->kv, s->flags, gen),
                         "split history kernel", err, errsz))
             return -1;
         if (b->n_tiles > 0) {
-            s->split_cand<<<4 * b->n_tiles, 4 * 32, s->split_csmem, st>>>(s->d_w, *b, s->kv);
-            if (gp_cuda_err(cudaGetLastError(), "split candidate kernel", err, errsz))
+            at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+            at.val.programmaticStreamSerializationAllowed = 1;
+            lc.gridDim = dim3(4 * b->n_tiles);
+            lc.dynamicSmemBytes = s->split_csmem;
+            if (gp_cuda_err(cudaLaunchKernelEx(&lc, s->split_cand, (const FW *)s->d_w, *b, s->kv, s->flags, gen),
+                            "split candidate kernel", err, errsz))
                 return -1;
         }
         return 0;
