@@ -180,11 +180,18 @@ test-unit: $(HELM_RENDER)
 
 # Suites run from the repository root; they find ../shared/golden and
 # build/rankd from there. Check forks each test, so a crash fails one test.
+# Each suite's output is kept in build/tests/<suite>.out; at the end, the
+# failed suites' failure lines are printed again, so that the tail of a
+# long log says which test failed and why.
 test-unit: $(RANKD) $(TESTS)
 	@failed=""; for t in $(TESTS); do \
-	  RANKD_BIN=$(RANKD) $$t || failed="$$failed $${t##*/}"; \
+	  { RANKD_BIN=$(RANKD) $$t 2>&1; echo $$? > $$t.rc; } | tee $$t.out; \
+	  [ "$$(cat $$t.rc)" = 0 ] || failed="$$failed $${t##*/}"; \
 	done; \
-	if [ -n "$$failed" ]; then echo "test-unit (SAN=$(SAN)): failed:$$failed"; exit 1; fi
+	if [ -n "$$failed" ]; then \
+	  for f in $$failed; do echo "== $$f:"; grep -E '^[^ ]+:[0-9]+:[FE]:' $(BUILD)/tests/$$f.out | cut -c1-600; done; \
+	  echo "test-unit (SAN=$(SAN)): failed:$$failed"; exit 1; \
+	fi
 
 test: deps
 	@$(MAKE) --no-print-directory test-unit
