@@ -2,7 +2,8 @@
  * the device in the layouts the kernels read (gpu/internal.cuh), pinned
  * staging buffers, and the two calls of gpu/engine.h. A call packs its
  * requests into one pinned buffer, copies it over in one transfer, runs the
- * kernels on the engine's stream and copies the answers back in one. */
+ * kernels on the engine's stream and copies the answers back in one; a
+ * score call replays that work as a CUDA graph kept for the batch's shape. */
 #include "gpu/engine.h"
 
 #include <stdio.h>
@@ -13,6 +14,16 @@
 #include "gpu/internal.cuh"
 
 #define MAX_ALLOCS 512
+#define N_GRAPHS 64 /* score calls' graphs kept, one per batch shape, least recently used out */
+
+/* A score call's copies and kernels, captured once for its shape: the
+ * shape (requests, tiles, candidates) fixes every size, offset and grid,
+ * and what changes from call to call is in the staged input. */
+typedef struct gp_graph {
+    int n, tiles, total;
+    cudaGraphExec_t ex; /* NULL: free */
+    unsigned long long used;
+} gp_graph;
 
 struct gp_engine {
     const lm_model *m;
@@ -28,6 +39,9 @@ struct gp_engine {
     size_t in_bytes, out_bytes;
     uint8_t *h_in, *h_out; /* pinned */
     uint8_t *d_in, *d_out;
+    unsigned long long calls; /* score calls, the kernels' bt.call */
+    int graphs;               /* score calls replay graphs (RANKD_GPU_GRAPHS=0: no) */
+    gp_graph graph[N_GRAPHS];
     char device[256];
 };
 
@@ -180,6 +194,9 @@ void gp_engine_free(gp_engine *e)
         return;
     if (e->st)
         cudaStreamSynchronize(e->st);
+    for (int i = 0; i < N_GRAPHS; i++)
+        if (e->graph[i].ex)
+            cudaGraphExecDestroy(e->graph[i].ex);
     gp_retr_free(e->rt);
     gp_score_free(e->sc);
     for (int i = 0; i < e->n_allocs; i++)
@@ -200,7 +217,7 @@ static void staging_sizes(gp_engine *e)
     const size_t B = (size_t)e->o.max_batch, d = (size_t)c->d_model;
     e->max_tiles = e->o.max_batch * ((e->o.max_cands + GP_TILE - 1) / GP_TILE);
     size_t score_in = sizeof(int32_t) * (B + 2 * B * c->max_hist + B * e->o.max_cands) +
-                      sizeof(int4) * (size_t)e->max_tiles + 64;
+                      sizeof(int4) * (size_t)e->max_tiles + sizeof(unsigned long long) + 96;
     size_t retr_in = sizeof(float) * B * d + sizeof(int32_t) * (B + 1 + B * e->o.max_exclude) + 64;
     size_t score_out = sizeof(float) * (B * d + B * e->o.max_cands) + 64;
     size_t retr_out = (sizeof(int32_t) + sizeof(float)) * B * e->o.max_k + sizeof(int32_t) * B + 64;
@@ -222,6 +239,10 @@ int gp_engine_new(gp_engine **out, const lm_model *m, const gp_opts *o, char *er
         return cm_errf(err, errsz, "gpu: out of memory");
     e->m = m;
     e->o = *o;
+    {
+        const char *g = getenv("RANKD_GPU_GRAPHS");
+        e->graphs = !(g && !strcmp(g, "0"));
+    }
     staging_sizes(e);
     GP_TRY(cudaSetDevice(o->device), "selecting the GPU");
     GP_TRY(cudaStreamCreateWithFlags(&e->st, cudaStreamNonBlocking), "creating a stream");
@@ -264,6 +285,57 @@ static int finish(gp_engine *e, const char *what, char *err, size_t errsz)
     return gp_cuda_err(cudaStreamSynchronize(e->st), what, err, errsz);
 }
 
+/* A score call's work on the stream: the requests over, the kernels, the
+ * answers back. */
+static int score_enqueue(gp_engine *e, const gp_batch *b, size_t in_bytes, size_t out_bytes, char *err,
+                         size_t errsz)
+{
+    return gp_cuda_err(cudaMemcpyAsync(e->d_in, e->h_in, in_bytes, cudaMemcpyHostToDevice, e->st),
+                       "copying requests", err, errsz) ||
+           gp_score_run(e->sc, e->st, b, err, errsz) ||
+           gp_cuda_err(cudaMemcpyAsync(e->h_out, e->d_out, out_bytes, cudaMemcpyDeviceToHost, e->st),
+                       "copying scores", err, errsz);
+}
+
+/* The graph of this shape's score call, captured from score_enqueue the
+ * first time (NULL after an error). A call is two copies and two kernels;
+ * one graph launch replaces the four (student B=1 on an H200: 36 against
+ * 44 us a call, bench/NOTES.md). */
+static cudaGraphExec_t score_graph(gp_engine *e, int n, int tiles, int total, const gp_batch *b, size_t in_bytes,
+                                   size_t out_bytes, char *err, size_t errsz)
+{
+    gp_graph *slot = &e->graph[0];
+    for (int i = 0; i < N_GRAPHS; i++) {
+        gp_graph *g = &e->graph[i];
+        if (g->ex && g->n == n && g->tiles == tiles && g->total == total) {
+            g->used = e->calls;
+            return g->ex;
+        }
+        if (!g->ex || (slot->ex && g->used < slot->used))
+            slot = g;
+    }
+    if (slot->ex) {
+        cudaGraphExecDestroy(slot->ex);
+        slot->ex = NULL;
+    }
+    cudaGraph_t graph = NULL;
+    if (gp_cuda_err(cudaStreamBeginCapture(e->st, cudaStreamCaptureModeThreadLocal), "capturing a graph", err,
+                    errsz))
+        return NULL;
+    const int rc = score_enqueue(e, b, in_bytes, out_bytes, err, errsz);
+    const cudaError_t end = cudaStreamEndCapture(e->st, &graph);
+    if (rc || gp_cuda_err(end, "capturing a graph", err, errsz) ||
+        gp_cuda_err(cudaGraphInstantiate(&slot->ex, graph, 0), "instantiating a graph", err, errsz)) {
+        slot->ex = NULL;
+        if (graph)
+            cudaGraphDestroy(graph);
+        return NULL;
+    }
+    cudaGraphDestroy(graph);
+    *slot = (gp_graph){.n = n, .tiles = tiles, .total = total, .ex = slot->ex, .used = e->calls};
+    return slot->ex;
+}
+
 int gp_engine_score(gp_engine *e, const lm_request *reqs, int n, char *err, size_t errsz)
 {
     const lm_config *c = &e->m->cfg;
@@ -284,6 +356,7 @@ int gp_engine_score(gp_engine *e, const lm_request *reqs, int n, char *err, size
     int32_t *ha = (int32_t *)stage_take(&in, sizeof(int32_t) * n * mh, (void **)&b.hist_actions);
     int4 *tl = (int4 *)stage_take(&in, sizeof(int4) * tiles, (void **)&b.tiles);
     int32_t *cd = (int32_t *)stage_take(&in, sizeof(int32_t) * total, (void **)&b.cands);
+    *(unsigned long long *)stage_take(&in, sizeof(unsigned long long), (void **)&b.call) = ++e->calls;
     float *uv = (float *)stage_take(&out, sizeof(float) * n * d, (void **)&b.user_vec);
     float *sc = (float *)stage_take(&out, sizeof(float) * total, (void **)&b.scores);
     int at = 0, t = 0;
@@ -300,12 +373,14 @@ int gp_engine_score(gp_engine *e, const lm_request *reqs, int n, char *err, size
             tl[t++] = make_int4(i, at + j, r->n_cands - j < GP_TILE ? r->n_cands - j : GP_TILE, 0);
         at += r->n_cands;
     }
-    if (gp_cuda_err(cudaMemcpyAsync(e->d_in, e->h_in, in.off, cudaMemcpyHostToDevice, e->st), "copying requests",
-                    err, errsz) ||
-        gp_score_run(e->sc, e->st, &b, err, errsz) ||
-        gp_cuda_err(cudaMemcpyAsync(e->h_out, e->d_out, out.off, cudaMemcpyDeviceToHost, e->st), "copying scores",
-                    err, errsz) ||
-        finish(e, "scoring", err, errsz))
+    if (e->graphs) {
+        cudaGraphExec_t ex = score_graph(e, n, tiles, total, &b, in.off, out.off, err, errsz);
+        if (!ex || gp_cuda_err(cudaGraphLaunch(ex, e->st), "launching a graph", err, errsz))
+            return -1;
+    } else if (score_enqueue(e, &b, in.off, out.off, err, errsz)) {
+        return -1;
+    }
+    if (finish(e, "scoring", err, errsz))
         return -1;
     at = 0;
     for (int i = 0; i < n; i++) {

@@ -359,6 +359,50 @@ template <bool NC> __device__ __forceinline__ uint2 ld_kv(const uint2 *p)
     return v;
 }
 
+/* A call's two kernels run at once (programmatic dependent launch, sm_90;
+ * both ways): the history kernel lets the candidate kernel start as soon
+ * as every history block has started, and each layer, once its block (the
+ * split way: its cluster) has written that layer's keys and values,
+ * publishes flags[user] = gen << 8 | layers done (release, device scope;
+ * gen is the call's serial number, *bt.call, so flags need no reset). A
+ * candidate waits for its user's flag (acquire) only where it first needs
+ * the cache, before attention, so its embeddings and q, k, v overlap the
+ * history's work, and reads the cache coherently. No deadlock: candidates
+ * start only once every history block is resident, and history blocks
+ * never wait for candidates (before sm_90, or under a tool that serializes
+ * kernels, the flags are set before any candidate runs). A candidate block
+ * ends by waiting for the history grid (griddepcontrol.wait), so the
+ * copy of the user vectors after the candidate kernel sees them. */
+__device__ __forceinline__ void pdl_launch_dependents()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_wait_primary()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void flag_publish(unsigned long long *p, unsigned long long v)
+{
+    asm volatile("st.release.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+
+__device__ __forceinline__ void flag_wait(const unsigned long long *p, unsigned long long want)
+{
+    for (;;) {
+        unsigned long long v;
+        asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+        if ((long long)(v - want) >= 0)
+            return;
+        __nanosleep(100);
+    }
+}
+
 /* One head's attention for the warp's 16 rows, the FlashAttention-2 way on
  * fp16 tensor cores, S and P in registers: S = q K^T over nkb blocks of 16
  * keys (HIST: causal; else keys < L plus the row's own key, whose score is
@@ -514,8 +558,8 @@ template <int D, bool HIST> struct Emb {
  * keys and values written to the cache); else one block per tile of up to
  * 64 candidates of one user (attention to the cached history and self). */
 template <int D, int DH, bool HIST, int MINB>
-__global__ void __launch_bounds__(THREADS, MINB) fast_kernel(const FW *__restrict__ fw, gp_batch bt,
-                                                                                     __half *kvc)
+__global__ void __launch_bounds__(THREADS, MINB)
+    fast_kernel(const FW *__restrict__ fw, gp_batch bt, __half *kvc, unsigned long long *flags)
 {
     using C = Cfg<D, DH>;
     constexpr int H = C::H, NT = C::NT, KS = C::KS, HNT = C::HNT, QK = C::QK, LDK = C::LDK;
@@ -531,6 +575,7 @@ __global__ void __launch_bounds__(THREADS, MINB) fast_kernel(const FW *__restric
 
     int b, first = 0, rows;
     if (HIST) {
+        pdl_launch_dependents();
         b = blockIdx.x;
         rows = bt.n_hist[b];
     } else {
@@ -547,6 +592,7 @@ __global__ void __launch_bounds__(THREADS, MINB) fast_kernel(const FW *__restric
     }
     const bool live = warp * 16 < rows; /* rows past the last are never read: skip them */
     const int tok0 = warp * 16 + g, tok1 = tok0 + 8;
+    const unsigned long long gen = *bt.call;
 
     if (live) { /* embeddings, in the accumulator layout */
         const Emb<D, HIST> e(fw, bt, b, L, first, rows, tok0, tok1);
@@ -609,6 +655,8 @@ __global__ void __launch_bounds__(THREADS, MINB) fast_kernel(const FW *__restric
             __syncthreads(); /* keys and values in shared memory */
             store_kv<D, DH>(Ks, Vs, (size_t)MAXK * LDK, 0, nkr, kvl, 0, H, threadIdx.x, THREADS);
         }
+        if (!HIST && live && L > 0)
+            flag_wait(&flags[b], gen << 8 | (unsigned)(l + 1));
         if (live) {
             /* phase B: attention per head */
             const int nkb = HIST ? warp + 1 : nkr / 16; /* 16-key blocks to read */
@@ -620,7 +668,7 @@ __global__ void __launch_bounds__(THREADS, MINB) fast_kernel(const FW *__restric
                 for (int kk = 0; kk < QK; kk++)
                     qf[kk] = qs[(h * QK + kk) * 32 + lane];
                 float o[HNT][4];
-                const Attn at = attend<D, DH, HIST, HIST>(qf, HIST ? make_float2(0.0f, 0.0f) : ssm[h * 32 + lane], Kh, Vh,
+                const Attn at = attend<D, DH, HIST, HIST, false>(qf, HIST ? make_float2(0.0f, 0.0f) : ssm[h * 32 + lane], Kh, Vh,
                                                     kvf, h, nkb, L, tok0, tok1, sl2, o);
                 const float ps0 = at.ps0, ps1 = at.ps1, i0 = at.i0, i1 = at.i1;
 #pragma unroll
@@ -710,9 +758,14 @@ __global__ void __launch_bounds__(THREADS, MINB) fast_kernel(const FW *__restric
                 }
             }
         }
-        if (HIST)
+        if (HIST) {
             __syncthreads(); /* the next layer overwrites the keys and values */
+            if (threadIdx.x == 0) /* the block's layer l is in the cache */
+                flag_publish(&flags[b], gen << 8 | (unsigned)(l + 1));
+        }
     }
+    if (!HIST)
+        pdl_wait_primary();
     if (!live)
         return;
     const Moments mo = moments<NT>(xs);
@@ -791,48 +844,6 @@ __device__ __forceinline__ void cluster_sync()
 #else
     __trap();
 #endif
-}
-
-/* The split way's two kernels run at once (programmatic dependent launch,
- * Hopper): the history kernel lets the candidate kernel start as soon as
- * every history block has started, and each layer, once its cluster has
- * written that layer's keys and values, publishes flags[user] = gen << 8 |
- * layers done (release, device scope; gen numbers the calls, so flags need
- * no reset); a candidate waits for its user's flag (acquire) only where it
- * first needs the cache, before attention, so its embeddings and the
- * layer's q, k, v overlap the history's work. No deadlock: candidates
- * start only after every history block is resident, and history blocks
- * never wait for candidates. A candidate block ends by waiting for the
- * history grid (griddepcontrol.wait), so the call's copy of the user
- * vectors, after the candidate kernel, sees the finished history. */
-__device__ __forceinline__ void pdl_launch_dependents()
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void pdl_wait_primary()
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void flag_publish(unsigned long long *p, unsigned long long v)
-{
-    asm volatile("st.release.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
-}
-
-__device__ __forceinline__ void flag_wait(const unsigned long long *p, unsigned long long want)
-{
-    for (;;) {
-        unsigned long long v;
-        asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
-        if ((long long)(v - want) >= 0)
-            return;
-        __nanosleep(100);
-    }
 }
 
 template <bool MAX>
@@ -946,7 +957,7 @@ __device__ __forceinline__ void ln_quant_split(const float4 (&x)[D / 32], const 
  * 4 blocks; else the candidate tile; blockIdx.x % 4: which 16 rows). */
 template <int D, bool HIST, int MINB>
 __global__ void __launch_bounds__(4 * 32, MINB)
-    split_kernel(const FW *__restrict__ fw, gp_batch bt, __half *kvc, unsigned long long *flags, unsigned long long gen)
+    split_kernel(const FW *__restrict__ fw, gp_batch bt, __half *kvc, unsigned long long *flags)
 {
     using S = SCfg<D>;
     constexpr int DH = S::DH, SNT = S::SNT, KS = S::KS, QK = S::QK, HNT = SNT, LDK = S::LDK;
@@ -985,6 +996,7 @@ __global__ void __launch_bounds__(4 * 32, MINB)
     /* HIST: warp c's keys and values of head c for the block's rows */
     __half *Kst = (__half *)(part + 2 * 4 * 16) + (size_t)c * 2 * 16 * LDK, *Vst = Kst + 16 * LDK;
     const int tok0 = row0 + g, tok1 = tok0 + 8;
+    const unsigned long long gen = *bt.call;
     int round = 0;
 
     float4 x[SNT]; /* the residual: rows g, g + 8 of column tiles c * SNT + j */
@@ -1227,9 +1239,8 @@ __global__ void to_head_order(const float *src, int d, int dh, float *dst)
     }
 }
 
-typedef void (*kern_t)(const FW *, gp_batch, __half *);
 static_assert(LM_MAX_LAYERS < 256, "split-way flags count layers in 8 bits");
-typedef void (*split_t)(const FW *, gp_batch, __half *, unsigned long long *, unsigned long long);
+typedef void (*kern_t)(const FW *, gp_batch, __half *, unsigned long long *);
 
 } // namespace
 
@@ -1241,10 +1252,10 @@ struct gp_fast {
     size_t hsmem, csmem;
     kern_t hist, cand, cand_few; /* cand_few: registers uncapped, for small batches */
     /* the split path (d_model 128 and 256), NULL where there is none */
-    split_t split_hist, split_cand;
+    kern_t split_hist, split_cand;
     size_t split_hsmem, split_csmem;
-    unsigned long long *flags; /* per request: the split history's layers done, gen << 8 | n */
-    unsigned long long gen;    /* split calls so far */
+    unsigned long long *flags; /* per request: the history's layers done, call << 8 | n */
+    int pdl;                   /* sm_90: candidates launched alongside the history */
     int mode;        /* FAST_AUTO, FAST_ROWS, FAST_SPLIT */
     int split_below; /* FAST_AUTO: batches of fewer tiles take the split way */
 };
@@ -1378,6 +1389,9 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
     s->d_w = (FW *)p;
     GP_TRY(cudaMemcpy(s->d_w, &fw, sizeof fw, cudaMemcpyHostToDevice), "fast-path weights");
     GP_TRY(cudaMalloc(&s->kv, sizeof(__half) * (size_t)max_batch * nl * 2 * MAXK * d), "key/value cache");
+    GP_TRY(cudaMalloc(&s->flags, sizeof *s->flags * (size_t)max_batch), "history flags");
+    GP_TRY(cudaMemset(s->flags, 0, sizeof *s->flags * (size_t)max_batch), "history flags");
+    s->pdl = major >= 9;
     GP_TRY(cudaFuncSetAttribute((const void *)s->hist, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s->hsmem),
            "shared memory of the history kernel");
     GP_TRY(cudaFuncSetAttribute((const void *)s->cand, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s->csmem),
@@ -1386,8 +1400,6 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
                                 (int)s->csmem),
            "shared memory of the candidate kernel");
     if (s->split_hist) {
-        GP_TRY(cudaMalloc(&s->flags, sizeof *s->flags * (size_t)max_batch), "split-way flags");
-        GP_TRY(cudaMemset(s->flags, 0, sizeof *s->flags * (size_t)max_batch), "split-way flags");
         GP_TRY(cudaFuncSetAttribute((const void *)s->split_hist, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     (int)s->split_hsmem),
                "shared memory of the split history kernel");
@@ -1407,41 +1419,37 @@ int gp_fast_run(gp_fast *s, cudaStream_t st, const gp_batch *b, char *err, size_
 {
     if (b->B == 0)
         return 0;
-    if (s->mode == FAST_SPLIT || (s->mode == FAST_AUTO && s->split_hist && b->n_tiles < s->split_below)) {
-        /* the history a cluster of 4 blocks per request; the candidates
-         * launched to run alongside it (split_kernel: the flags) */
-        const unsigned long long gen = ++s->gen;
-        cudaLaunchAttribute at;
+    const bool split =
+        s->mode == FAST_SPLIT || (s->mode == FAST_AUTO && s->split_hist && b->n_tiles < s->split_below);
+    cudaLaunchAttribute at;
+    cudaLaunchConfig_t lc = {};
+    lc.stream = st;
+    lc.attrs = &at;
+    if (split) { /* a cluster of 4 blocks of 16 rows per request */
         at.id = cudaLaunchAttributeClusterDimension;
         at.val.clusterDim.x = 4, at.val.clusterDim.y = 1, at.val.clusterDim.z = 1;
-        cudaLaunchConfig_t lc = {};
+        lc.numAttrs = 1;
         lc.gridDim = dim3(4 * b->B);
         lc.blockDim = dim3(4 * 32);
         lc.dynamicSmemBytes = s->split_hsmem;
-        lc.stream = st;
-        lc.attrs = &at;
-        lc.numAttrs = 1;
-        if (gp_cuda_err(cudaLaunchKernelEx(&lc, s->split_hist, (const FW *)s->d_w, *b, s->kv, s->flags, gen),
-                        "split history kernel", err, errsz))
-            return -1;
-        if (b->n_tiles > 0) {
-            at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-            at.val.programmaticStreamSerializationAllowed = 1;
-            lc.gridDim = dim3(4 * b->n_tiles);
-            lc.dynamicSmemBytes = s->split_csmem;
-            if (gp_cuda_err(cudaLaunchKernelEx(&lc, s->split_cand, (const FW *)s->d_w, *b, s->kv, s->flags, gen),
-                            "split candidate kernel", err, errsz))
-                return -1;
-        }
-        return 0;
+    } else { /* a block per request */
+        lc.gridDim = dim3(b->B);
+        lc.blockDim = dim3(THREADS);
+        lc.dynamicSmemBytes = s->hsmem;
     }
-    s->hist<<<b->B, THREADS, s->hsmem, st>>>(s->d_w, *b, s->kv);
-    if (gp_cuda_err(cudaGetLastError(), "history kernel", err, errsz))
+    if (gp_cuda_err(cudaLaunchKernelEx(&lc, split ? s->split_hist : s->hist, (const FW *)s->d_w, *b, s->kv,
+                                       s->flags),
+                    "history kernel", err, errsz))
         return -1;
-    if (b->n_tiles > 0) {
-        (b->n_tiles < FEW_TILES ? s->cand_few : s->cand)<<<b->n_tiles, THREADS, s->csmem, st>>>(s->d_w, *b, s->kv);
-        if (gp_cuda_err(cudaGetLastError(), "candidate kernel", err, errsz))
-            return -1;
-    }
-    return 0;
+    if (b->n_tiles == 0)
+        return 0;
+    /* the candidates, launched to run alongside the history (the flags) */
+    at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at.val.programmaticStreamSerializationAllowed = 1;
+    lc.numAttrs = s->pdl;
+    lc.gridDim = dim3(split ? 4 * b->n_tiles : b->n_tiles);
+    lc.dynamicSmemBytes = split ? s->split_csmem : s->csmem;
+    const kern_t cand = split ? s->split_cand : b->n_tiles < FEW_TILES ? s->cand_few : s->cand;
+    return gp_cuda_err(cudaLaunchKernelEx(&lc, cand, (const FW *)s->d_w, *b, s->kv, s->flags), "candidate kernel",
+                       err, errsz);
 }

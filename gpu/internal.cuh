@@ -89,6 +89,9 @@ struct gp_batch {
     const int4 *tiles;           /* [n_tiles]: user, first candidate, count, 0 */
     float *scores;               /* like cands */
     float *user_vec;             /* [B, d] */
+    /* the call's serial number, new each call: device memory, so that a
+     * replayed graph (gpu/engine.cu) sees this call's */
+    const unsigned long long *call;
 };
 
 struct gp_score;

@@ -421,6 +421,76 @@ START_TEST(test_int8_parity)
 }
 END_TEST
 
+/* ---- graphs: a replayed graph answers as direct launches do -------------------- */
+
+/* New items and candidates, the same shape. */
+static void batch_perturb(batch *bt, const lm_config *c)
+{
+    for (size_t i = 0; i < (size_t)bt->B * c->max_hist; i++)
+        bt->items[i] = (bt->items[i] + 1) % c->n_items;
+    for (size_t i = 0; i < (size_t)bt->B * bt->M; i++)
+        bt->cands[i] = (bt->cands[i] + 7) % c->n_items;
+}
+
+static size_t bits_differ(const float *a, const float *b, size_t n)
+{
+    size_t d = 0;
+    for (size_t i = 0; i < n; i++)
+        d += memcmp(&a[i], &b[i], sizeof *a) != 0;
+    return d;
+}
+
+/* Calls of shapes x, y, x, x' (x with new items, so a replay must read
+ * this call's requests, and its call number: the split way's flags), y on
+ * an engine that replays graphs and on one with RANKD_GPU_GRAPHS=0: the
+ * same bits. mid through both ways of gpu/fast.cu, the golden fp32 small
+ * through the generic kernels. */
+START_TEST(test_graphs)
+{
+    need_gpu();
+    static const struct {
+        int model, int8;
+        const char *way;
+    } runs[] = {{TU_N_CASES, 1, "rows"}, {TU_N_CASES, 1, "split"}, {1, 0, "auto"}};
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
+        lm_model *m = parity_model(runs[i].model, runs[i].int8);
+        batch x, y, x2;
+        batch_random(&x, &m->cfg, 77, MID_B, MID_M);
+        batch_random(&y, &m->cfg, 78, MID_B - 2, MID_M);
+        batch_random(&x2, &m->cfg, 77, MID_B, MID_M);
+        batch_perturb(&x2, &m->cfg);
+        batch *seq[] = {&x, &y, &x, &x2, &y};
+        setenv("RANKD_GPU_FAST", runs[i].way, 1);
+        setenv("RANKD_GPU_GRAPHS", "0", 1);
+        gp_engine *direct = engine_new(m, MID_B, MID_M);
+        unsetenv("RANKD_GPU_GRAPHS");
+        gp_engine *graphed = engine_new(m, MID_B, MID_M);
+        unsetenv("RANKD_GPU_FAST");
+        size_t n = 0, differ = 0;
+        for (size_t k = 0; k < sizeof seq / sizeof seq[0]; k++) {
+            batch *bt = seq[k]; /* cpu_s, cpu_u hold the direct engine's answers here */
+            batch_score_gpu(bt, graphed);
+            batch_outputs(bt, bt->cpu_s, bt->cpu_u);
+            gpu_run(direct, bt->reqs, bt->B);
+            const size_t ns = (size_t)bt->B * bt->M, nu = (size_t)bt->B * bt->d;
+            differ += bits_differ(bt->gpu_s, bt->cpu_s, ns) + bits_differ(bt->gpu_u, bt->cpu_u, nu);
+            n += ns + nu;
+        }
+        printf("graphs      %-5s %s %-5s: 5 calls (3 shapes, 2 replays), graph replay against direct launches: "
+               "%zu floats compared, %zu differ\n", parity_name(runs[i].model), runs[i].int8 ? "int8" : "fp32",
+               runs[i].way, n, differ);
+        ck_assert_msg(differ == 0, "%s %s: %zu of %zu floats differ between graphs and direct launches",
+                      parity_name(runs[i].model), runs[i].way, differ, n);
+        gp_engine_free(graphed);
+        gp_engine_free(direct);
+        batch_free(&x);
+        batch_free(&y);
+        batch_free(&x2);
+        lm_model_free(m);
+    }
+}
+END_TEST
+
 /* ---- retrieval: GPU against lm_retrieve ------------------------------------------ */
 
 typedef struct user_set {
@@ -941,6 +1011,7 @@ static Suite *gpu_suite(void)
     tcase_add_loop_test(tcase(s, "retrieval", "sanitize"), test_retrieval, 0, N_SMALL);
     tcase_add_loop_test(tcase(s, "retrieval_big", "big"), test_retrieval, N_SMALL, N_PARITY);
     tcase_add_test(tcase(s, "validation", "sanitize"), test_validation);
+    tcase_add_test(tcase(s, "graphs", "sanitize"), test_graphs);
     tcase_add_test(tcase(s, "scorer", "big"), test_scorer);
     return s;
 }
