@@ -1239,7 +1239,7 @@ __global__ void to_head_order(const float *src, int d, int dh, float *dst)
     }
 }
 
-static_assert(LM_MAX_LAYERS < 256, "split-way flags count layers in 8 bits");
+static_assert(LM_MAX_LAYERS < 256, "the history flags count layers in 8 bits");
 typedef void (*kern_t)(const FW *, gp_batch, __half *, unsigned long long *);
 
 } // namespace
