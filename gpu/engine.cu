@@ -15,12 +15,18 @@
 
 #define MAX_ALLOCS 512
 #define N_GRAPHS 64 /* score calls' graphs kept, one per batch shape, least recently used out */
+#define N_SEEN 128  /* shapes seen once, the latest: their next call captures a graph */
 
-/* A score call's copies and kernels, captured once for its shape: the
- * shape (requests, tiles, candidates) fixes every size, offset and grid,
- * and what changes from call to call is in the staged input. */
-typedef struct gp_graph {
+/* A batch shape: requests, candidate tiles, candidates. It fixes every
+ * size, offset and grid of a score call; what changes from call to call
+ * of one shape is in the staged input. */
+typedef struct gp_shape {
     int n, tiles, total;
+} gp_shape;
+
+/* A score call's copies and kernels, captured for its shape. */
+typedef struct gp_graph {
+    gp_shape sh;
     cudaGraphExec_t ex; /* NULL: free */
     unsigned long long used;
 } gp_graph;
@@ -42,6 +48,8 @@ struct gp_engine {
     unsigned long long calls; /* score calls, the kernels' bt.call */
     int graphs;               /* score calls replay graphs (RANKD_GPU_GRAPHS=0: no) */
     gp_graph graph[N_GRAPHS];
+    gp_shape seen[N_SEEN]; /* a ring: n_seen filled, the next written at seen_next */
+    int n_seen, seen_next;
     char device[256];
 };
 
@@ -297,22 +305,37 @@ static int score_enqueue(gp_engine *e, const gp_batch *b, size_t in_bytes, size_
                        "copying scores", err, errsz);
 }
 
-/* The graph of this shape's score call, captured from score_enqueue the
- * first time (NULL after an error). A call is two copies and two kernels;
- * one graph launch replaces the four (student B=1 on an H200: 36 against
- * 44 us a call, bench/NOTES.md). */
-static cudaGraphExec_t score_graph(gp_engine *e, int n, int tiles, int total, const gp_batch *b, size_t in_bytes,
-                                   size_t out_bytes, char *err, size_t errsz)
+static int same_shape(gp_shape a, gp_shape b) { return a.n == b.n && a.tiles == b.tiles && a.total == b.total; }
+
+/* The graph of this shape's score call (1, in *ex), or 0 where the call
+ * should launch its steps directly, or -1 on an error. A call is two
+ * copies and two kernels; one graph launch replaces the four (student B=1
+ * on an H200: 36 against 44 us a call, bench/NOTES.md). Capturing and
+ * instantiating a graph costs more than a call, so a shape gets its graph
+ * at its second call: where candidate counts vary (filtered lists), shapes
+ * that come once never pay for one. */
+static int score_graph(gp_engine *e, gp_shape sh, const gp_batch *b, size_t in_bytes, size_t out_bytes,
+                       cudaGraphExec_t *ex, char *err, size_t errsz)
 {
     gp_graph *slot = &e->graph[0];
     for (int i = 0; i < N_GRAPHS; i++) {
         gp_graph *g = &e->graph[i];
-        if (g->ex && g->n == n && g->tiles == tiles && g->total == total) {
+        if (g->ex && same_shape(g->sh, sh)) {
             g->used = e->calls;
-            return g->ex;
+            *ex = g->ex;
+            return 1;
         }
         if (!g->ex || (slot->ex && g->used < slot->used))
             slot = g;
+    }
+    int seen = 0;
+    for (int i = 0; i < e->n_seen && !seen; i++)
+        seen = same_shape(e->seen[i], sh);
+    if (!seen) {
+        e->seen[e->seen_next] = sh;
+        e->seen_next = (e->seen_next + 1) % N_SEEN;
+        e->n_seen += e->n_seen < N_SEEN;
+        return 0;
     }
     if (slot->ex) {
         cudaGraphExecDestroy(slot->ex);
@@ -321,7 +344,7 @@ static cudaGraphExec_t score_graph(gp_engine *e, int n, int tiles, int total, co
     cudaGraph_t graph = NULL;
     if (gp_cuda_err(cudaStreamBeginCapture(e->st, cudaStreamCaptureModeThreadLocal), "capturing a graph", err,
                     errsz))
-        return NULL;
+        return -1;
     const int rc = score_enqueue(e, b, in_bytes, out_bytes, err, errsz);
     const cudaError_t end = cudaStreamEndCapture(e->st, &graph);
     if (rc || gp_cuda_err(end, "capturing a graph", err, errsz) ||
@@ -329,11 +352,13 @@ static cudaGraphExec_t score_graph(gp_engine *e, int n, int tiles, int total, co
         slot->ex = NULL;
         if (graph)
             cudaGraphDestroy(graph);
-        return NULL;
+        return -1;
     }
     cudaGraphDestroy(graph);
-    *slot = (gp_graph){.n = n, .tiles = tiles, .total = total, .ex = slot->ex, .used = e->calls};
-    return slot->ex;
+    slot->sh = sh;
+    slot->used = e->calls;
+    *ex = slot->ex;
+    return 1;
 }
 
 int gp_engine_score(gp_engine *e, const lm_request *reqs, int n, char *err, size_t errsz)
@@ -373,13 +398,11 @@ int gp_engine_score(gp_engine *e, const lm_request *reqs, int n, char *err, size
             tl[t++] = make_int4(i, at + j, r->n_cands - j < GP_TILE ? r->n_cands - j : GP_TILE, 0);
         at += r->n_cands;
     }
-    if (e->graphs) {
-        cudaGraphExec_t ex = score_graph(e, n, tiles, total, &b, in.off, out.off, err, errsz);
-        if (!ex || gp_cuda_err(cudaGraphLaunch(ex, e->st), "launching a graph", err, errsz))
-            return -1;
-    } else if (score_enqueue(e, &b, in.off, out.off, err, errsz)) {
+    cudaGraphExec_t ex = NULL;
+    const int g = e->graphs ? score_graph(e, (gp_shape){n, tiles, total}, &b, in.off, out.off, &ex, err, errsz) : 0;
+    if (g < 0 || (g ? gp_cuda_err(cudaGraphLaunch(ex, e->st), "launching a graph", err, errsz)
+                    : score_enqueue(e, &b, in.off, out.off, err, errsz)))
         return -1;
-    }
     if (finish(e, "scoring", err, errsz))
         return -1;
     at = 0;

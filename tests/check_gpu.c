@@ -441,10 +441,11 @@ static size_t bits_differ(const float *a, const float *b, size_t n)
 }
 
 /* Calls of shapes x, y, x, x' (x with new items, so a replay must read
- * this call's requests, and its call number: the split way's flags), y on
- * an engine that replays graphs and on one with RANKD_GPU_GRAPHS=0: the
- * same bits. mid through both ways of gpu/fast.cu, the golden fp32 small
- * through the generic kernels. */
+ * this call's requests, and its call number: the flags), y, x on an engine
+ * that replays graphs and on one with RANKD_GPU_GRAPHS=0: the same bits.
+ * The graphed engine runs a shape's first call directly, captures the
+ * second and replays the rest. mid through both ways of gpu/fast.cu, the
+ * golden fp32 small through the generic kernels. */
 START_TEST(test_graphs)
 {
     need_gpu();
@@ -459,7 +460,7 @@ START_TEST(test_graphs)
         batch_random(&y, &m->cfg, 78, MID_B - 2, MID_M);
         batch_random(&x2, &m->cfg, 77, MID_B, MID_M);
         batch_perturb(&x2, &m->cfg);
-        batch *seq[] = {&x, &y, &x, &x2, &y};
+        batch *seq[] = {&x, &y, &x, &x2, &y, &x};
         setenv("RANKD_GPU_FAST", runs[i].way, 1);
         setenv("RANKD_GPU_GRAPHS", "0", 1);
         gp_engine *direct = engine_new(m, MID_B, MID_M);
@@ -476,8 +477,8 @@ START_TEST(test_graphs)
             differ += bits_differ(bt->gpu_s, bt->cpu_s, ns) + bits_differ(bt->gpu_u, bt->cpu_u, nu);
             n += ns + nu;
         }
-        printf("graphs      %-5s %s %-5s: 5 calls (3 shapes, 2 replays), graph replay against direct launches: "
-               "%zu floats compared, %zu differ\n", parity_name(runs[i].model), runs[i].int8 ? "int8" : "fp32",
+        printf("graphs      %-5s %s %-5s: 6 calls of 2 shapes (2 direct, 2 captured, 2 replayed) against direct "
+               "launches: %zu floats compared, %zu differ\n", parity_name(runs[i].model), runs[i].int8 ? "int8" : "fp32",
                runs[i].way, n, differ);
         ck_assert_msg(differ == 0, "%s %s: %zu of %zu floats differ between graphs and direct launches",
                       parity_name(runs[i].model), runs[i].way, differ, n);
