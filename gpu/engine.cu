@@ -310,10 +310,10 @@ static int same_shape(gp_shape a, gp_shape b) { return a.n == b.n && a.tiles == 
 /* The graph of this shape's score call (1, in *ex), or 0 where the call
  * should launch its steps directly, or -1 on an error. A call is two
  * copies and two kernels; one graph launch replaces the four (student B=1
- * on an H200: 36 against 44 us a call, bench/NOTES.md). Capturing and
- * instantiating a graph costs more than a call, so a shape gets its graph
- * at its second call: where candidate counts vary (filtered lists), shapes
- * that come once never pay for one. */
+ * on an H200: 36 against 44 us a call, bench/NOTES.md). A shape gets its
+ * graph at its second call: capturing and instantiating are host work one
+ * replay would not repay, and where candidate counts vary (filtered lists)
+ * many shapes come once. */
 static int score_graph(gp_engine *e, gp_shape sh, const gp_batch *b, size_t in_bytes, size_t out_bytes,
                        cudaGraphExec_t *ex, char *err, size_t errsz)
 {
