@@ -3,7 +3,10 @@
  * 4 heads, 2 layers, d_ffn 512) and the teacher (256, 4, 4, 1024) over
  * 100,000 items, full 64-event histories and 512 candidates per user, at
  * B = 1, 16, 128 and 512; random int8 models (written in fp32, then
- * quantized). Also the retrieval head: top-100 of the catalog, B = 1 and 512.
+ * quantized). Also the retrieval head: top-100 of the catalog, B = 1 and 512;
+ * and serving-like calls whose candidate counts vary from call to call (a
+ * filtered list: VARIED_MIN .. N_CANDS per request), B = 1 and 16, where a
+ * batch shape rarely repeats (gpu/engine.cu: graphs per shape).
  *
  * A figure is the median wall time of gp_engine_score (or _retrieve), which
  * returns with the answers in host memory, over repeated calls after
@@ -154,6 +157,20 @@ static int call_rescore(gp_engine *e, const inputs *in, int B, int i, char *err,
     return gp_engine_score(e, r, B, err, errsz);
 }
 
+/* The same requests with VARIED_MIN .. N_CANDS candidates each, drawn
+ * afresh for every call (the same 8 tiles of 64). */
+#define VARIED_MIN 449
+static int call_varied(gp_engine *e, const inputs *in, int B, int i, char *err, size_t errsz)
+{
+    lm_request r[MAX_B];
+    memcpy(r, in->reqs + (size_t)(i % N_SETS) * MAX_B, sizeof(lm_request) * (size_t)B);
+    for (int j = 0; j < B; j++) {
+        uint32_t h = (uint32_t)(i * MAX_B + j) * 2654435761u;
+        r[j].n_cands = VARIED_MIN + (int)((h >> 16) % (N_CANDS - VARIED_MIN + 1));
+    }
+    return gp_engine_score(e, r, B, err, errsz);
+}
+
 static int call_retrieve(gp_engine *e, const inputs *in, int B, int i, char *err, size_t errsz)
 {
     (void)i;
@@ -207,6 +224,14 @@ static void bench_model(const char *dir, const char *name, const lm_config *c, d
         fflush(stdout);
     }
     if (!only_b) {
+        static const int vBs[] = {1, 16};
+        for (int i = 0; i < 2; i++) {
+            int reps;
+            double t = median_time(call_varied, e, &in, vBs[i], &reps);
+            printf("{\"bench\": \"varied\", \"model\": \"%s\", \"B\": %d, \"m_min\": %d, \"m_max\": %d, "
+                   "\"reps\": %d, \"us\": %.1f}\n", name, vBs[i], VARIED_MIN, N_CANDS, reps, t * 1e6);
+            fflush(stdout);
+        }
         int reps;
         double t = median_time(call_rescore, e, &in, MAX_B, &reps);
         printf("{\"bench\": \"rescore\", \"model\": \"%s\", \"B\": %d, \"m\": %d, \"n\": %d, \"reps\": %d, "

@@ -42,6 +42,10 @@ print("\n== retrieval (top-k of the catalog, each user's history excluded)")
 for r in (r for r in rankd if r["bench"] == "retrieve"):
     print(f"{r['model']:8} B={r['B']:<4} top-{r['k']} of {r['items']:,} items: {r['us']:,.1f} us")
 
+print("\n== serving-like calls: each request's candidate count drawn afresh every call (a filtered list)")
+for r in (r for r in rankd if r["bench"] == "varied"):
+    print(f"{r['model']:8} B={r['B']:<4} {r['m_min']}..{r['m_max']} candidates a request: {r['us']:,.1f} us a call")
+
 print("\n== batch rescoring: the scorer at rankd rescore's batch (requests of 100 candidates, copies included)")
 for r in (r for r in rankd if r["bench"] == "rescore"):
     print(f"{r['model']:8} B={r['B']:<4} {r['m']} candidates, {r['n']}-event histories: "
