@@ -347,13 +347,11 @@ __device__ __forceinline__ void store_kv(const __half *Ks, const __half *Vs, siz
     }
 }
 
-/* A fragment of the cache: through the non-coherent path where the cache
- * was written by an earlier kernel, else (written by this one, ordered by a
- * barrier with acquire semantics) a plain load. */
-template <bool NC> __device__ __forceinline__ uint2 ld_kv(const uint2 *p)
+/* A fragment of the cache: a coherent load, as the history kernel may be
+ * writing the cache while its reader runs (ordered by a barrier or a flag
+ * with acquire semantics), so never the non-coherent path. */
+__device__ __forceinline__ uint2 ld_kv(const uint2 *p)
 {
-    if (NC)
-        return __ldg(p);
     uint2 v;
     asm volatile("ld.global.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p) : "memory");
     return v;
@@ -409,13 +407,12 @@ __device__ __forceinline__ void flag_wait(const unsigned long long *p, unsigned 
  * ss and whose value the caller adds with weight ps), softmax in log2 units
  * (sl2), o = P V unnormalized; i: 1 / the softmax's sums. SMEM: the keys
  * and values in shared memory, Kh and Vh [MAXK][LDK]; else the cache kvf in
- * fragment order, loaded through the non-coherent path where NC (written by
- * an earlier kernel). */
+ * fragment order (ld_kv). */
 struct Attn {
     float ps0, ps1, i0, i1; /* rows g and g + 8 */
 };
 
-template <int D, int DH, bool HIST, bool SMEM, bool NC = !HIST>
+template <int D, int DH, bool HIST, bool SMEM>
 __device__ __forceinline__ Attn attend(const uint4 (&qf)[DH / 16], float2 ss, const __half *Kh, const __half *Vh,
                                        const uint2 *kvf, int h, int nkb, int L, int tok0, int tok1, float sl2,
                                        float (&o)[DH / 8][4])
@@ -438,8 +435,8 @@ __device__ __forceinline__ Attn attend(const uint4 (&qf)[DH / 16], float2 ss, co
                     bk = ldsm_x4(Kh + (size_t)(kb * 16 + (mat >> 1) * 8 + mr) * LDK + kk * 16 + (mat & 1) * 8,
                                  false);
                 } else {
-                    const uint2 k0 = ld_kv<NC>(&kvf[F::k(h, 2 * kb, kk, lane)]);
-                    const uint2 k1 = ld_kv<NC>(&kvf[F::k(h, 2 * kb + 1, kk, lane)]);
+                    const uint2 k0 = ld_kv(&kvf[F::k(h, 2 * kb, kk, lane)]);
+                    const uint2 k1 = ld_kv(&kvf[F::k(h, 2 * kb + 1, kk, lane)]);
                     bk = make_uint4(k0.x, k0.y, k1.x, k1.y);
                 }
                 mma_f16(s[2 * kb], qf[kk], bk.x, bk.y);
@@ -491,8 +488,8 @@ __device__ __forceinline__ Attn attend(const uint4 (&qf)[DH / 16], float2 ss, co
                     bv = ldsm_x4(Vh + (size_t)(kb * 16 + (mat & 1) * 8 + mr) * LDK + np * 16 + (mat >> 1) * 8,
                                  true);
                 } else {
-                    const uint2 v0 = ld_kv<NC>(&kvf[F::v(h, kb, 2 * np, lane)]);
-                    const uint2 v1 = ld_kv<NC>(&kvf[F::v(h, kb, 2 * np + 1, lane)]);
+                    const uint2 v0 = ld_kv(&kvf[F::v(h, kb, 2 * np, lane)]);
+                    const uint2 v1 = ld_kv(&kvf[F::v(h, kb, 2 * np + 1, lane)]);
                     bv = make_uint4(v0.x, v0.y, v1.x, v1.y);
                 }
                 mma_f16(o[2 * np], pf, bv.x, bv.y);
@@ -668,8 +665,8 @@ __global__ void __launch_bounds__(THREADS, MINB)
                 for (int kk = 0; kk < QK; kk++)
                     qf[kk] = qs[(h * QK + kk) * 32 + lane];
                 float o[HNT][4];
-                const Attn at = attend<D, DH, HIST, HIST, false>(qf, HIST ? make_float2(0.0f, 0.0f) : ssm[h * 32 + lane], Kh, Vh,
-                                                    kvf, h, nkb, L, tok0, tok1, sl2, o);
+                const float2 ss = HIST ? make_float2(0.0f, 0.0f) : ssm[h * 32 + lane];
+                const Attn at = attend<D, DH, HIST, HIST>(qf, ss, Kh, Vh, kvf, h, nkb, L, tok0, tok1, sl2, o);
                 const float ps0 = at.ps0, ps1 = at.ps1, i0 = at.i0, i1 = at.i1;
 #pragma unroll
                 for (int j = 0; j < HNT; j++) {
@@ -1085,8 +1082,8 @@ __global__ void __launch_bounds__(4 * 32, MINB)
         }
         /* attention of head c; its output quantized per whole row */
         float o[HNT][4];
-        const Attn at = attend<D, DH, HIST, false, false>(qf, ss, NULL, NULL, (const uint2 *)kvl, c,
-                                                   HIST ? r + 1 : nkr / 16, L, tok0, tok1, sl2, o);
+        const Attn at = attend<D, DH, HIST, false>(qf, ss, NULL, NULL, (const uint2 *)kvl, c, HIST ? r + 1 : nkr / 16,
+                                                   L, tok0, tok1, sl2, o);
         {
             float4 ov[HNT];
             float am0 = 0.0f, am1 = 0.0f;
