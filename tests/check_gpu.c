@@ -160,14 +160,13 @@ static void write_random_model(const char *path, const lm_config *c, uint64_t se
  * first test that asks (tests run one at a time). */
 static lm_model *big_model(const char *name, const lm_config *c, int int8)
 {
-    char fp32[TU_PATH], q[TU_PATH], qname[64];
+    char fp32[TU_PATH], q[TU_PATH], fname[64], qname[64];
+    snprintf(fname, sizeof fname, "%s.safetensors", name);
     snprintf(qname, sizeof qname, "%s.int8.safetensors", name);
+    tu_tmp_path(fp32, fname);
     tu_tmp_path(q, qname);
-    snprintf(qname, sizeof qname, "%s.safetensors", name);
-    tu_tmp_path(fp32, qname);
     if (access(q, R_OK) != 0) {
         write_random_model(fp32, c, 2024);
-        snprintf(qname, sizeof qname, "%s.int8.safetensors", name);
         tu_quantize(fp32, qname, q);
     }
     return tu_model_load(int8 ? q : fp32);
@@ -271,6 +270,18 @@ static void batch_random(batch *bt, const lm_config *c, uint64_t seed, int B, in
             bt->cands[(size_t)b * M + j] = tu_int(&rng, 0, c->n_items - 1);
     }
     bt->no_uv = B > 5 ? 5 : -1;
+}
+
+/* Parity case i's batch: the golden one, or a random one (mid: MID_B x
+ * MID_M, the big models BIG_B x BIG_M). */
+static void batch_parity(batch *bt, int i, const lm_model *m)
+{
+    if (i < TU_N_CASES)
+        batch_golden(bt, tu_case_name(i));
+    else if (i == TU_N_CASES)
+        batch_random(bt, &m->cfg, 77, MID_B, MID_M);
+    else
+        batch_random(bt, &m->cfg, 77, BIG_B, BIG_M);
 }
 
 /* Points the requests' outputs at s [B, M] and u [B, d], pre-filled with NaN. */
@@ -388,10 +399,7 @@ START_TEST(test_int8_parity)
     const char *name = parity_name(_i);
     lm_model *m = parity_model(_i, 1);
     batch bt;
-    if (_i < TU_N_CASES)
-        batch_golden(&bt, name);
-    else
-        batch_random(&bt, &m->cfg, 77, _i == TU_N_CASES ? MID_B : BIG_B, _i == TU_N_CASES ? MID_M : BIG_M);
+    batch_parity(&bt, _i, m);
     batch_score_cpu(&bt, m);
     /* The random models take gpu/fast.cu's path, whose two ways
      * (RANKD_GPU_FAST) are each checked; the golden shapes (small: the fast
@@ -508,10 +516,7 @@ static void users_make(user_set *us, int i, const lm_model *m, uint64_t seed)
 {
     tu_rng rng = {.s = seed};
     batch bt;
-    if (i < TU_N_CASES)
-        batch_golden(&bt, tu_case_name(i));
-    else
-        batch_random(&bt, &m->cfg, 77, i == TU_N_CASES ? MID_B : BIG_B, i == TU_N_CASES ? MID_M : BIG_M);
+    batch_parity(&bt, i, m);
     batch_score_cpu(&bt, m);
     us->d = m->cfg.d_model;
     us->uv = malloc(sizeof(float) * (size_t)(bt.B + 5) * us->d);
