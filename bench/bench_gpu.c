@@ -145,13 +145,19 @@ static int call_score(gp_engine *e, const inputs *in, int B, int i, char *err, s
     return gp_engine_score(e, in->reqs + (size_t)(i % N_SETS) * MAX_B, B, err, errsz);
 }
 
+/* Call i's first B requests, to change before the call. */
+static void requests_of(lm_request *r, const inputs *in, int B, int i)
+{
+    memcpy(r, in->reqs + (size_t)(i % N_SETS) * MAX_B, sizeof(lm_request) * (size_t)B);
+}
+
 /* The same requests cut to RESCORE_CANDS candidates: rankd rescore's
  * batches (docs/rescore.md). */
 #define RESCORE_CANDS 100
 static int call_rescore(gp_engine *e, const inputs *in, int B, int i, char *err, size_t errsz)
 {
     lm_request r[MAX_B];
-    memcpy(r, in->reqs + (size_t)(i % N_SETS) * MAX_B, sizeof(lm_request) * (size_t)B);
+    requests_of(r, in, B, i);
     for (int j = 0; j < B; j++)
         r[j].n_cands = RESCORE_CANDS;
     return gp_engine_score(e, r, B, err, errsz);
@@ -163,7 +169,7 @@ static int call_rescore(gp_engine *e, const inputs *in, int B, int i, char *err,
 static int call_varied(gp_engine *e, const inputs *in, int B, int i, char *err, size_t errsz)
 {
     lm_request r[MAX_B];
-    memcpy(r, in->reqs + (size_t)(i % N_SETS) * MAX_B, sizeof(lm_request) * (size_t)B);
+    requests_of(r, in, B, i);
     for (int j = 0; j < B; j++) {
         uint32_t h = (uint32_t)(i * MAX_B + j) * 2654435761u;
         r[j].n_cands = VARIED_MIN + (int)((h >> 16) % (N_CANDS - VARIED_MIN + 1));
