@@ -28,7 +28,12 @@
  * no shared memory for keys and values, so that 3 fit on an SM.
  * The arithmetic is gpu/score.cu's (the CPU's W8A8 rule, the FFN's hidden
  * layer quantized per 128 columns); only the order of some float sums
- * differs. make test-gpu checks both against the CPU. */
+ * differs. make test-gpu checks both against the CPU.
+ *
+ * On sm_90a the student's candidates take the same kernel as the wgmma way
+ * (WG): the products as warpgroup MMAs on weight chunks streamed into
+ * shared memory (Ring, below; gpu/sm90.cuh), and the small batches a
+ * split way (split_kernel) where 4 warps share each 16 rows. */
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -37,10 +42,16 @@
 
 #include "common/err.h"
 #include "gpu/fast.cuh"
+#include "gpu/sm90.cuh"
 
 namespace {
 
 constexpr int WARPS = 4, THREADS = 32 * WARPS, ROWS = 16 * WARPS, MAXK = 64;
+/* the wgmma way's ring of weight chunks (a chunk: N <= 96 rows of K =
+ * 128), after WG_HEAD bytes for its barriers; 2 buffers, so that 3 blocks
+ * (72 KB of shared memory each) fit on an SM */
+constexpr int WG_NBUF = 2, WG_CHUNK = 96 * 128;
+constexpr size_t WG_HEAD = 128;
 /* Candidate blocks per SM that the registers are capped for: 3 where the
  * shared memory lets 3 in (d_model <= 128: 66 KB a block); measured on an
  * H200, student B=512 1.60-1.69 ms against 1.87-1.96 ms at 2, despite 48
@@ -75,6 +86,12 @@ struct FW {
     const int8_t *item_q;
     const float *item_scale, *action_emb, *pos_emb, *lnf_w, *lnf_b, *head_w;
     float head_b;
+    /* the wgmma way (d_model 128, sm_90a): every product's weights as chunks
+     * in wgmma's shared-memory layout, in the order the kernel uses them;
+     * chunk s is bytes stream_off[s] .. stream_off[s + 1] of stream */
+    const uint8_t *stream;
+    const uint32_t *stream_off;
+    int n_chunks;
 };
 
 template <int D, int DH> struct Cfg {
@@ -205,6 +222,74 @@ __device__ __forceinline__ void mma_tiles(int (&acc)[NTL][4], const uint32_t (&a
             mma_s8(acc[j], a[2 * p + 1], b.z, b.w);
         }
     }
+}
+
+/* ---- the wgmma way: weights streamed through shared memory ------------------------------------ */
+
+/* In the wgmma way (d_model 128 on sm_90a, candidates) the block's 4 warps
+ * are one warpgroup: each product is m64nNk32 wgmma over the block's 64
+ * rows, A from each warp's registers as above, B from a ring of WG_NBUF
+ * shared-memory buffers that the copy engine fills with the stream's
+ * chunks in order (FW::stream). Thread 0 loads chunk s + WG_NBUF - 1 just
+ * before the block uses chunk s, into the buffer that chunk s - 1 used,
+ * once every thread has arrived on that buffer's empty barrier. So one
+ * copy of the weights serves 64 rows, with no load instruction per MMA. */
+struct Ring {
+    uint8_t *buf;          /* WG_NBUF x WG_CHUNK */
+    uint64_t *full, *empty; /* [WG_NBUF] each */
+    const uint8_t *src;
+    const uint32_t *off;
+    int s, n;
+
+    __device__ __forceinline__ void load(int c)
+    {
+        const int bi = c % WG_NBUF;
+        const uint32_t o = __ldg(&off[c]);
+        gp_bulk_load(buf + bi * WG_CHUNK, src + o, __ldg(&off[c + 1]) - o, &full[bi]);
+    }
+    /* thread 0 of the block, after the barriers' initialisation */
+    __device__ __forceinline__ void start()
+    {
+        for (int c = 0; c < WG_NBUF - 1 && c < n; c++)
+            load(c);
+    }
+    /* acc = A . B^T for the next chunk, B of N rows and K = 32 KSL */
+    template <int N, int KSL> __device__ __forceinline__ void next(int (&acc)[N / 8][4], const uint32_t (&a)[KSL][4])
+    {
+        static_assert(N * KSL * 32 <= WG_CHUNK, "a chunk fits its buffer");
+        const int c = s + WG_NBUF - 1;
+        if (threadIdx.x == 0 && c < n) {
+            if (s > 0) /* the buffer of chunk s - 1: every thread done with it */
+                gp_mbar_wait(&empty[(s - 1) % WG_NBUF], (unsigned)((s - 1) / WG_NBUF) & 1);
+            load(c);
+        }
+        const int bi = s % WG_NBUF;
+        gp_mbar_wait(&full[bi], (unsigned)(s / WG_NBUF) & 1);
+        const uint8_t *b = buf + bi * WG_CHUNK;
+        gp_wg_fence();
+#pragma unroll
+        for (int ks = 0; ks < KSL; ks++)
+            gp_wgmma_s8<N>(acc, a[ks], gp_desc(b + ks * N * 32), ks > 0);
+        gp_wg_commit();
+        gp_wg_wait0();
+        gp_mbar_arrive(&empty[bi]);
+        s++;
+    }
+};
+
+/* One product of the rows way: from the stream (WG) or by mma.sync with
+ * fragments from global memory (mma_tiles' arguments). */
+template <bool WG, int NTL, int KSL>
+__device__ __forceinline__ void product(int (&acc)[NTL][4], const uint32_t (&a)[KSL][4], const uint4 *__restrict__ W,
+                                        int kpt, int nt0, int kp0, Ring &r)
+{
+    if constexpr (WG && NTL == 16) { /* two chunks of 64 columns */
+        r.next<64, KSL>(*reinterpret_cast<int(*)[8][4]>(&acc[0]), a);
+        r.next<64, KSL>(*reinterpret_cast<int(*)[8][4]>(&acc[8]), a);
+    } else if constexpr (WG)
+        r.next<8 * NTL, KSL>(acc, a);
+    else
+        mma_tiles<NTL, KSL>(acc, a, W, kpt, nt0, kp0);
 }
 
 template <int N> __device__ __forceinline__ void zero(int (&acc)[N][4])
@@ -554,17 +639,20 @@ template <int D, bool HIST> struct Emb {
 /* HIST: one block per user, row r = history token r (causal attention,
  * keys and values written to the cache); else one block per tile of up to
  * 64 candidates of one user (attention to the cached history and self). */
-template <int D, int DH, bool HIST, int MINB>
+template <int D, int DH, bool HIST, int MINB, bool WG = false>
 __global__ void __launch_bounds__(THREADS, MINB)
     fast_kernel(const FW *__restrict__ fw, gp_batch bt, __half *kvc, unsigned long long *flags)
 {
+    static_assert(!WG || (!HIST && D == 128), "the wgmma way: candidates of d_model 128");
     using C = Cfg<D, DH>;
     constexpr int H = C::H, NT = C::NT, KS = C::KS, HNT = C::HNT, QK = C::QK, LDK = C::LDK;
     extern __shared__ __align__(16) uint8_t sm[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     __half *Ks = (__half *)sm;          /* [H][MAXK][LDK] */
     __half *Vs = Ks + H * MAXK * LDK;   /* [H][MAXK][LDK] */
-    uint8_t *wp = sm + (HIST ? C::kv_bytes : 0) + warp * C::warp_bytes;
+    /* the wgmma way's warps keep no q or self scores in shared memory */
+    constexpr size_t wb = WG ? C::xs_bytes + C::ov_bytes : C::warp_bytes;
+    uint8_t *wp = sm + (HIST ? C::kv_bytes : 0) + (WG ? WG_HEAD + WG_NBUF * WG_CHUNK : 0) + warp * wb;
     float4 *xs = (float4 *)wp;                           /* [NT][32] */
     uint2 *ov = (uint2 *)(wp + C::xs_bytes);             /* [NT][32] */
     uint4 *qs = (uint4 *)(wp + C::xs_bytes + C::ov_bytes); /* [H][QK][32] */
@@ -587,9 +675,31 @@ __global__ void __launch_bounds__(THREADS, MINB)
             bt.user_vec[(size_t)b * D + i] = fw->lnf_b[i];
         return;
     }
-    const bool live = warp * 16 < rows; /* rows past the last are never read: skip them */
+    /* rows past the last are never read: skip them, but for the wgmma way's
+     * products, which are the whole warpgroup's (Emb gives those rows item
+     * 0, so that their arithmetic stays finite) */
+    const bool live = WG || warp * 16 < rows;
     const int tok0 = warp * 16 + g, tok1 = tok0 + 8;
     const unsigned long long gen = *bt.call;
+    Ring ring = {};
+    if constexpr (WG) {
+        ring.full = (uint64_t *)sm;
+        ring.empty = ring.full + WG_NBUF;
+        ring.buf = sm + WG_HEAD;
+        ring.src = fw->stream;
+        ring.off = fw->stream_off;
+        ring.n = fw->n_chunks;
+        if (threadIdx.x == 0) {
+            for (int i = 0; i < WG_NBUF; i++) {
+                gp_mbar_init(&ring.full[i], 1);
+                gp_mbar_init(&ring.empty[i], THREADS);
+            }
+            gp_mbar_fence_init();
+        }
+        __syncthreads();
+        if (threadIdx.x == 0)
+            ring.start();
+    }
 
     if (live) { /* embeddings, in the accumulator layout */
         const Emb<D, HIST> e(fw, bt, b, L, first, rows, tok0, tok1);
@@ -606,81 +716,110 @@ __global__ void __launch_bounds__(THREADS, MINB)
         const uint2 *kvf = (const uint2 *)kvl;
         uint32_t a[KS][4];
         float sr0 = 0.0f, sr1 = 0.0f;
-        if (live) {
-            ln_quant<D>(xs, ly.ln1_w, ly.ln1_b, a, sr0, sr1);
-            /* phase A: q k v per head */
-#pragma unroll 1
-            for (int h = 0; h < H; h++) {
-                int acc[3 * HNT][4];
-                zero(acc);
-                mma_tiles<3 * HNT, KS>(acc, a, ly.qkv, KS / 2, h * 3 * HNT, 0);
-                float4 v[3 * HNT];
+        /* head h's q, k, v: q as fp16 A fragments (qf) and, for candidates,
+         * the self score (ss) and v_self (ov); for the history, keys and
+         * values into shared memory */
+        auto qkv_head = [&](int h, uint4(&qf)[QK], float2 &ss) {
+            int acc[3 * HNT][4];
+            zero(acc);
+            product<WG, 3 * HNT, KS>(acc, a, ly.qkv, KS / 2, h * 3 * HNT, 0, ring);
+            float4 v[3 * HNT];
 #pragma unroll
-                for (int j = 0; j < 3 * HNT; j++) {
-                    const int c = h * 3 * DH + j * 8 + t * 2;
-                    v[j] = deq(acc[j], sr0, sr1, ldg2(ly.qkv_s + c), ldg2(ly.qkv_b + c));
-                }
-#pragma unroll
-                for (int kk = 0; kk < QK; kk++)
-                    qs[(h * QK + kk) * 32 + lane] =
-                        make_uint4(h2u(v[2 * kk].x, v[2 * kk].y), h2u(v[2 * kk].z, v[2 * kk].w),
-                                   h2u(v[2 * kk + 1].x, v[2 * kk + 1].y), h2u(v[2 * kk + 1].z, v[2 * kk + 1].w));
-                if (HIST) {
-#pragma unroll
-                    for (int j = 0; j < HNT; j++) {
-                        const int c = j * 8 + t * 2;
-                        const float4 k = v[HNT + j], vv = v[2 * HNT + j];
-                        *(uint32_t *)&Ks[((size_t)h * MAXK + tok0) * LDK + c] = h2u(k.x, k.y);
-                        *(uint32_t *)&Ks[((size_t)h * MAXK + tok1) * LDK + c] = h2u(k.z, k.w);
-                        *(uint32_t *)&Vs[((size_t)h * MAXK + tok0) * LDK + c] = h2u(vv.x, vv.y);
-                        *(uint32_t *)&Vs[((size_t)h * MAXK + tok1) * LDK + c] = h2u(vv.z, vv.w);
-                    }
-                } else {
-                    float d0 = 0.0f, d1 = 0.0f;
-#pragma unroll
-                    for (int j = 0; j < HNT; j++) {
-                        const float4 q = v[j], k = v[HNT + j], vv = v[2 * HNT + j];
-                        d0 += q.x * k.x + q.y * k.y;
-                        d1 += q.z * k.z + q.w * k.w;
-                        ov[(h * HNT + j) * 32 + lane] = make_uint2(h2u(vv.x, vv.y), h2u(vv.z, vv.w));
-                    }
-                    ssm[h * 32 + lane] = make_float2(gp_quad_sum(d0), gp_quad_sum(d1));
-                }
+            for (int j = 0; j < 3 * HNT; j++) {
+                const int c = h * 3 * DH + j * 8 + t * 2;
+                v[j] = deq(acc[j], sr0, sr1, ldg2(ly.qkv_s + c), ldg2(ly.qkv_b + c));
             }
-        }
-        if (HIST) {
-            __syncthreads(); /* keys and values in shared memory */
-            store_kv<D, DH>(Ks, Vs, (size_t)MAXK * LDK, 0, nkr, kvl, 0, H, threadIdx.x, THREADS);
-        }
-        if (!HIST && live && L > 0)
-            flag_wait(&flags[b], gen << 8 | (unsigned)(l + 1));
-        if (live) {
-            /* phase B: attention per head */
-            const int nkb = HIST ? warp + 1 : nkr / 16; /* 16-key blocks to read */
-#pragma unroll 1
-            for (int h = 0; h < H; h++) {
-                const __half *Kh = Ks + (size_t)h * MAXK * LDK, *Vh = Vs + (size_t)h * MAXK * LDK;
-                uint4 qf[QK];
 #pragma unroll
-                for (int kk = 0; kk < QK; kk++)
-                    qf[kk] = qs[(h * QK + kk) * 32 + lane];
-                float o[HNT][4];
-                const float2 ss = HIST ? make_float2(0.0f, 0.0f) : ssm[h * 32 + lane];
-                const Attn at = attend<D, DH, HIST, HIST>(qf, ss, Kh, Vh, kvf, h, nkb, L, tok0, tok1, sl2, o);
-                const float ps0 = at.ps0, ps1 = at.ps1, i0 = at.i0, i1 = at.i1;
+            for (int kk = 0; kk < QK; kk++)
+                qf[kk] = make_uint4(h2u(v[2 * kk].x, v[2 * kk].y), h2u(v[2 * kk].z, v[2 * kk].w),
+                                    h2u(v[2 * kk + 1].x, v[2 * kk + 1].y), h2u(v[2 * kk + 1].z, v[2 * kk + 1].w));
+            if (HIST) {
 #pragma unroll
                 for (int j = 0; j < HNT; j++) {
-                    float2 v0 = make_float2(0.0f, 0.0f), v1 = v0;
-                    if (!HIST) {
-                        const uint2 u = ov[(h * HNT + j) * 32 + lane];
-                        v0 = u2f(u.x);
-                        v1 = u2f(u.y);
-                    }
-                    ov[(h * HNT + j) * 32 + lane] =
-                        make_uint2(h2u((o[j][0] + ps0 * v0.x) * i0, (o[j][1] + ps0 * v0.y) * i0),
-                                   h2u((o[j][2] + ps1 * v1.x) * i1, (o[j][3] + ps1 * v1.y) * i1));
+                    const int c = j * 8 + t * 2;
+                    const float4 k = v[HNT + j], vv = v[2 * HNT + j];
+                    *(uint32_t *)&Ks[((size_t)h * MAXK + tok0) * LDK + c] = h2u(k.x, k.y);
+                    *(uint32_t *)&Ks[((size_t)h * MAXK + tok1) * LDK + c] = h2u(k.z, k.w);
+                    *(uint32_t *)&Vs[((size_t)h * MAXK + tok0) * LDK + c] = h2u(vv.x, vv.y);
+                    *(uint32_t *)&Vs[((size_t)h * MAXK + tok1) * LDK + c] = h2u(vv.z, vv.w);
                 }
+                ss = make_float2(0.0f, 0.0f);
+            } else {
+                float d0 = 0.0f, d1 = 0.0f;
+#pragma unroll
+                for (int j = 0; j < HNT; j++) {
+                    const float4 q = v[j], k = v[HNT + j], vv = v[2 * HNT + j];
+                    d0 += q.x * k.x + q.y * k.y;
+                    d1 += q.z * k.z + q.w * k.w;
+                    ov[(h * HNT + j) * 32 + lane] = make_uint2(h2u(vv.x, vv.y), h2u(vv.z, vv.w));
+                }
+                ss = make_float2(gp_quad_sum(d0), gp_quad_sum(d1));
             }
+        };
+        /* head h's attention output into ov */
+        auto attend_head = [&](int h, const uint4(&qf)[QK], float2 ss) {
+            const int nkb = HIST ? warp + 1 : nkr / 16; /* 16-key blocks to read */
+            const __half *Kh = Ks + (size_t)h * MAXK * LDK, *Vh = Vs + (size_t)h * MAXK * LDK;
+            float o[HNT][4];
+            const Attn at = attend<D, DH, HIST, HIST>(qf, ss, Kh, Vh, kvf, h, nkb, L, tok0, tok1, sl2, o);
+            const float ps0 = at.ps0, ps1 = at.ps1, i0 = at.i0, i1 = at.i1;
+#pragma unroll
+            for (int j = 0; j < HNT; j++) {
+                float2 v0 = make_float2(0.0f, 0.0f), v1 = v0;
+                if (!HIST) {
+                    const uint2 u = ov[(h * HNT + j) * 32 + lane];
+                    v0 = u2f(u.x);
+                    v1 = u2f(u.y);
+                }
+                ov[(h * HNT + j) * 32 + lane] =
+                    make_uint2(h2u((o[j][0] + ps0 * v0.x) * i0, (o[j][1] + ps0 * v0.y) * i0),
+                               h2u((o[j][2] + ps1 * v1.x) * i1, (o[j][3] + ps1 * v1.y) * i1));
+            }
+        };
+        if (live)
+            ln_quant<D>(xs, ly.ln1_w, ly.ln1_b, a, sr0, sr1);
+        if constexpr (WG) {
+            /* the wgmma way: each head's attention straight after its q, k, v
+             * (all warps live), so that q waits in registers, not in shared
+             * memory; the first waits for the history's layer */
+#pragma unroll 1
+            for (int h = 0; h < H; h++) {
+                uint4 qf[QK];
+                float2 ss;
+                qkv_head(h, qf, ss);
+                if (h == 0 && L > 0)
+                    flag_wait(&flags[b], gen << 8 | (unsigned)(l + 1));
+                attend_head(h, qf, ss);
+            }
+        } else {
+            if (live) /* phase A: q k v per head, q and the self scores to shared memory */
+#pragma unroll 1
+                for (int h = 0; h < H; h++) {
+                    uint4 qf[QK];
+                    float2 ss;
+                    qkv_head(h, qf, ss);
+#pragma unroll
+                    for (int kk = 0; kk < QK; kk++)
+                        qs[(h * QK + kk) * 32 + lane] = qf[kk];
+                    ssm[h * 32 + lane] = ss;
+                }
+            if (HIST) {
+                __syncthreads(); /* keys and values in shared memory */
+                store_kv<D, DH>(Ks, Vs, (size_t)MAXK * LDK, 0, nkr, kvl, 0, H, threadIdx.x, THREADS);
+            }
+            if (!HIST && live && L > 0)
+                flag_wait(&flags[b], gen << 8 | (unsigned)(l + 1));
+            if (live) /* phase B: attention per head */
+#pragma unroll 1
+                for (int h = 0; h < H; h++) {
+                    uint4 qf[QK];
+#pragma unroll
+                    for (int kk = 0; kk < QK; kk++)
+                        qf[kk] = qs[(h * QK + kk) * 32 + lane];
+                    attend_head(h, qf, ssm[h * 32 + lane]);
+                }
+        }
+        if (live) {
             /* x += out(O) */
             {
                 float am0 = 0.0f, am1 = 0.0f;
@@ -707,7 +846,7 @@ __global__ void __launch_bounds__(THREADS, MINB)
                 for (int ng = 0; ng < NT / 8; ng++) {
                     int acc[8][4];
                     zero(acc);
-                    mma_tiles<8, KS>(acc, a, ly.out, KS / 2, ng * 8, 0);
+                    product<WG, 8, KS>(acc, a, ly.out, KS / 2, ng * 8, 0, ring);
 #pragma unroll
                     for (int j = 0; j < 8; j++) {
                         const int c = (ng * 8 + j) * 8 + t * 2;
@@ -723,7 +862,7 @@ __global__ void __launch_bounds__(THREADS, MINB)
             for (int c0 = 0; c0 < fw->f; c0 += 128) {
                 int acc[16][4];
                 zero(acc);
-                mma_tiles<16, KS>(acc, a, ly.up, KS / 2, c0 / 8, 0);
+                product<WG, 16, KS>(acc, a, ly.up, KS / 2, c0 / 8, 0, ring);
                 float4 hv[16];
                 float am0 = 0.0f, am1 = 0.0f;
 #pragma unroll
@@ -743,7 +882,7 @@ __global__ void __launch_bounds__(THREADS, MINB)
                 for (int ng = 0; ng < NT / 8; ng++) {
                     int dacc[8][4];
                     zero(dacc);
-                    mma_tiles<8, 4>(dacc, a2, ly.down, fw->f / 64, ng * 8, c0 / 64);
+                    product<WG, 8, 4>(dacc, a2, ly.down, fw->f / 64, ng * 8, c0 / 64, ring);
 #pragma unroll
                     for (int j = 0; j < 8; j++) {
                         const int c = (ng * 8 + j) * 8 + t * 2;
@@ -1227,6 +1366,23 @@ __global__ void to_fragments(const int8_t *W, int ldw, int n_rows, int k, int d,
     }
 }
 
+/* Chunk (rows n0 .. n0 + N - 1, input columns k0 .. k0 + 127 of W, rows
+ * in head order where d > 0) of the stream, in wgmma's K-major layout
+ * without swizzle (gpu/sm90.cuh), input columns permuted by pi. */
+__global__ void to_stream(const int8_t *W, int ldw, int n0, int N, int k0, int d, int dh, uint8_t *dst)
+{
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < N * 128; i += gridDim.x * blockDim.x) {
+        const int n = i / 128, kk = i % 128, ks = kk / 32, p = kk % 32;
+        int r = n0 + n;
+        if (d > 0) {
+            const int h = r / (3 * dh), sq = r / dh % 3, c = r % dh;
+            r = sq * d + h * dh + c;
+        }
+        dst[ks * N * 32 + (n / 8) * 256 + (p / 16) * 128 + (n % 8) * 16 + p % 16] =
+            (uint8_t)W[(size_t)r * ldw + k0 + ks * 32 + pi32(p)];
+    }
+}
+
 /* qkv scales and biases into head order. */
 __global__ void to_head_order(const float *src, int d, int dh, float *dst)
 {
@@ -1248,6 +1404,9 @@ struct gp_fast {
     __half *kv;
     size_t hsmem, csmem;
     kern_t hist, cand, cand_few; /* cand_few: registers uncapped, for small batches */
+    kern_t wg_cand;              /* the wgmma way's candidates, NULL where there is none */
+    size_t wg_smem;
+    uint8_t *stream;             /* FW::stream and its offsets, where wg_cand */
     /* the split path (d_model 128 and 256), NULL where there is none */
     kern_t split_hist, split_cand;
     size_t split_hsmem, split_csmem;
@@ -1257,7 +1416,7 @@ struct gp_fast {
     int split_below; /* FAST_AUTO: batches of fewer tiles take the split way */
 };
 
-enum { FAST_AUTO, FAST_ROWS, FAST_SPLIT };
+enum { FAST_AUTO, FAST_ROWS, FAST_WGMMA, FAST_SPLIT };
 
 template <int D, int DH> static void pick(gp_fast *f)
 {
@@ -1275,6 +1434,42 @@ template <int D> static void pick_split(gp_fast *f, int d_ffn)
     f->split_hsmem = SCfg<D>::smem(true, d_ffn);
     f->split_csmem = SCfg<D>::smem(false, d_ffn);
     f->split_below = D == 128 ? SPLIT_TILES : INT_MAX;
+}
+
+/* The stream of the wgmma way (FW::stream): per layer, the chunks in the
+ * order fast_kernel's products take them: qkv per head (3 x dh rows), out
+ * per 64 rows, then per 128 hidden columns the up chunks and the down
+ * chunks (64 rows each; down: those 128 input columns). Returns the
+ * chunks' count, their offsets in off (n + 1; NULL: count only). */
+static int stream_plan(const lm_config *c, uint32_t *off, const gp_weights *w, uint8_t *dst)
+{
+    const int d = c->d_model, dh = d / c->n_heads, f = c->d_ffn;
+    int n = 0;
+    uint32_t at = 0;
+    auto emit = [&](const gp_lin *m, int n0, int rows, int k0, int head) {
+        if (off)
+            off[n] = at;
+        if (dst)
+            to_stream<<<32, 256>>>(m->q, m->kp, n0, rows, k0, head ? d : 0, dh, dst + at);
+        at += (uint32_t)rows * 128;
+        n++;
+    };
+    for (int l = 0; l < c->n_layers; l++) {
+        const gp_layer *g = w ? &w->layers[l] : NULL;
+        for (int h = 0; h < c->n_heads; h++)
+            emit(g ? &g->qkv : NULL, h * 3 * dh, 3 * dh, 0, 1);
+        for (int ng = 0; ng < d / 64; ng++)
+            emit(g ? &g->out : NULL, ng * 64, 64, 0, 0);
+        for (int c0 = 0; c0 < f; c0 += 128) {
+            emit(g ? &g->up : NULL, c0, 64, 0, 0);
+            emit(g ? &g->up : NULL, c0 + 64, 64, 0, 0);
+            for (int ng = 0; ng < d / 64; ng++)
+                emit(g ? &g->down : NULL, ng * 64, 64, c0, 0);
+        }
+    }
+    if (off)
+        off[n] = at;
+    return n;
 }
 
 int gp_fast_supports(const gp_weights *w, char *why, size_t whysz)
@@ -1304,6 +1499,7 @@ void gp_fast_free(gp_fast *f)
     if (!f)
         return;
     cudaFree(f->pool);
+    cudaFree(f->stream);
     cudaFree(f->kv);
     cudaFree(f->flags);
     free(f);
@@ -1317,9 +1513,10 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
     gp_fast *s = (gp_fast *)calloc(1, sizeof *s);
     if (!s)
         return cm_errf(err, errsz, "gpu fast path: out of memory");
-    int dev = 0, major = 0;
+    int dev = 0, major = 0, minor = 0;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
     if (d == 64)
         pick<64, 16>(s);
     else if (d == 128)
@@ -1330,15 +1527,24 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
         pick_split<128>(s, f);
     else if (major >= 9 && d == 256)
         pick_split<256>(s, f);
-    { /* RANKD_GPU_FAST=rows|split forces a path, for tests and comparisons */
+    if (major == 9 && minor == 0 && d == 128) { /* code for sm_90a runs on 9.0 only */
+        using C = Cfg<128, 32>;
+        s->wg_cand = fast_kernel<128, 32, false, 3, true>;
+        s->wg_smem = WG_HEAD + WG_NBUF * WG_CHUNK + WARPS * (C::xs_bytes + C::ov_bytes); /* the ring, the warps' */
+    }
+    { /* RANKD_GPU_FAST=rows|wgmma|split forces a path, for tests and comparisons */
         const char *m = getenv("RANKD_GPU_FAST");
         s->mode = !m || !*m || !strcmp(m, "auto") ? FAST_AUTO
                   : !strcmp(m, "rows")            ? FAST_ROWS
+                  : !strcmp(m, "wgmma")           ? FAST_WGMMA
                   : !strcmp(m, "split")           ? FAST_SPLIT
                                                   : -1;
-        if (s->mode < 0 || (s->mode == FAST_SPLIT && !s->split_hist)) {
+        if (s->mode < 0 || (s->mode == FAST_SPLIT && !s->split_hist) || (s->mode == FAST_WGMMA && !s->wg_cand)) {
             if (s->mode < 0)
-                cm_errf(err, errsz, "RANKD_GPU_FAST is '%s': it takes auto, rows or split", m);
+                cm_errf(err, errsz, "RANKD_GPU_FAST is '%s': it takes auto, rows, wgmma or split", m);
+            else if (s->mode == FAST_WGMMA)
+                cm_errf(err, errsz, "RANKD_GPU_FAST is wgmma, which needs d_model 128 (here %d) and a GPU of "
+                        "compute capability 9.0 (here %d.%d)", d, major, minor);
             else
                 cm_errf(err, errsz, "RANKD_GPU_FAST is split, which needs d_model 128 or 256 (here %d) and a GPU "
                         "of compute capability 9 or over (here %d)", d, major);
@@ -1383,6 +1589,26 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
     fw.lnf_b = w->lnf_b;
     fw.head_w = w->head_w;
     fw.head_b = w->head_b;
+    if (s->wg_cand) { /* the wgmma way's stream, its offsets after it */
+        const int n = stream_plan(c, NULL, NULL, NULL);
+        uint32_t *off = (uint32_t *)malloc(sizeof *off * (n + 1));
+        if (!off) {
+            cm_errf(err, errsz, "gpu fast path: out of memory");
+            goto fail;
+        }
+        stream_plan(c, off, NULL, NULL);
+        const size_t bytes = off[n];
+        cudaError_t e = cudaMalloc(&s->stream, bytes + sizeof *off * (n + 1));
+        if (e == cudaSuccess)
+            e = cudaMemcpy(s->stream + bytes, off, sizeof *off * (n + 1), cudaMemcpyHostToDevice);
+        free(off);
+        GP_TRY(e, "wgmma weight stream");
+        stream_plan(c, NULL, w, s->stream);
+        GP_TRY(cudaGetLastError(), "wgmma weight stream");
+        fw.stream = s->stream;
+        fw.stream_off = (const uint32_t *)(s->stream + bytes);
+        fw.n_chunks = n;
+    }
     s->d_w = (FW *)p;
     GP_TRY(cudaMemcpy(s->d_w, &fw, sizeof fw, cudaMemcpyHostToDevice), "fast-path weights");
     GP_TRY(cudaMalloc(&s->kv, sizeof(__half) * (size_t)max_batch * nl * 2 * MAXK * d), "key/value cache");
@@ -1396,6 +1622,10 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
     GP_TRY(cudaFuncSetAttribute((const void *)s->cand_few, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                 (int)s->csmem),
            "shared memory of the candidate kernel");
+    if (s->wg_cand)
+        GP_TRY(cudaFuncSetAttribute((const void *)s->wg_cand, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)s->wg_smem),
+               "shared memory of the wgmma candidate kernel");
     if (s->split_hist) {
         GP_TRY(cudaFuncSetAttribute((const void *)s->split_hist, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     (int)s->split_hsmem),
@@ -1445,8 +1675,9 @@ int gp_fast_run(gp_fast *s, cudaStream_t st, const gp_batch *b, char *err, size_
     at.val.programmaticStreamSerializationAllowed = 1;
     lc.numAttrs = s->pdl;
     lc.gridDim = dim3(split ? 4 * b->n_tiles : b->n_tiles);
-    lc.dynamicSmemBytes = split ? s->split_csmem : s->csmem;
-    const kern_t cand = split ? s->split_cand : b->n_tiles < FEW_TILES ? s->cand_few : s->cand;
+    const bool wg = !split && s->wg_cand && (s->mode == FAST_AUTO || s->mode == FAST_WGMMA);
+    lc.dynamicSmemBytes = split ? s->split_csmem : wg ? s->wg_smem : s->csmem;
+    const kern_t cand = split ? s->split_cand : wg ? s->wg_cand : b->n_tiles < FEW_TILES ? s->cand_few : s->cand;
     return gp_cuda_err(cudaLaunchKernelEx(&lc, cand, (const FW *)s->d_w, *b, s->kv, s->flags), "candidate kernel",
                        err, errsz);
 }

@@ -10,8 +10,9 @@
  *                student's width ("mid") and 10,000-item models of the
  *                bench's student and teacher shapes (64-event histories, 512
  *                candidates, B = 16 with histories 0..64 and some shorter
- *                candidate lists); the random ones through both ways of
- *                gpu/fast.cu (rows, split): GPU against the CPU scorer,
+ *                candidate lists); the random ones through each way of
+ *                gpu/fast.cu (rows, split; wgmma at d_model 128): GPU
+ *                against the CPU scorer,
  *                top-10 overlap, scores, user vectors;
  *   retrieval    top-100 with exclusions, GPU against lm_retrieve on the
  *                same user vectors: the same items in the same order, but
@@ -401,11 +402,13 @@ START_TEST(test_int8_parity)
     batch bt;
     batch_parity(&bt, _i, m);
     batch_score_cpu(&bt, m);
-    /* The random models take gpu/fast.cu's path, whose two ways
-     * (RANKD_GPU_FAST) are each checked; the golden shapes (small: the fast
-     * path's rows way, the others the generic kernels) the engine's choice. */
-    static const char *const paths[] = {"rows", "split"};
-    const int n_paths = _i < TU_N_CASES ? 1 : 2;
+    /* The random models take gpu/fast.cu's path, whose ways
+     * (RANKD_GPU_FAST) are each checked, wgmma where d_model is 128 (this
+     * suite's GPUs, H100 and H200, have it); the golden shapes (small: the
+     * fast path's rows way, the others the generic kernels) the engine's
+     * choice. */
+    static const char *const paths[] = {"rows", "split", "wgmma"};
+    const int n_paths = _i < TU_N_CASES ? 1 : m->cfg.d_model == 128 ? 3 : 2;
     for (int p = 0; p < n_paths; p++) {
         const char *path = _i < TU_N_CASES ? "auto" : paths[p];
         setenv("RANKD_GPU_FAST", path, 1);
@@ -452,7 +455,7 @@ static size_t bits_differ(const float *a, const float *b, size_t n)
  * this call's requests, and its call number: the flags), y, x on an engine
  * that replays graphs and on one with RANKD_GPU_GRAPHS=0: the same bits.
  * The graphed engine runs a shape's first call directly, captures the
- * second and replays the rest. mid through both ways of gpu/fast.cu, the
+ * second and replays the rest. mid through the three ways of gpu/fast.cu, the
  * golden fp32 small through the generic kernels. */
 START_TEST(test_graphs)
 {
@@ -460,7 +463,7 @@ START_TEST(test_graphs)
     static const struct {
         int model, int8;
         const char *way;
-    } runs[] = {{TU_N_CASES, 1, "rows"}, {TU_N_CASES, 1, "split"}, {1, 0, "auto"}};
+    } runs[] = {{TU_N_CASES, 1, "rows"}, {TU_N_CASES, 1, "split"}, {TU_N_CASES, 1, "wgmma"}, {1, 0, "auto"}};
     for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
         lm_model *m = parity_model(runs[i].model, runs[i].int8);
         batch x, y, x2;

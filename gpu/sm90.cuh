@@ -1,0 +1,149 @@
+/* gpu/sm90.cuh — Hopper's asynchronous instructions as the fast path uses
+ * them: the bulk copy engine into shared memory, completing on an mbarrier,
+ * and wgmma (int8, A from registers, B from shared memory). They exist only
+ * in code for sm_90a (__CUDA_ARCH_FEAT_SM90_ALL); elsewhere each traps, and
+ * callers keep to the portable kernels (gp_fast_new picks by the device).
+ *
+ * B's layout in shared memory is wgmma's K-major one without swizzle: per
+ * k-step of 32 bytes, for each 8 rows of N ("core matrices" of 8 rows x 16
+ * bytes) the two 16-byte halves of the k-step, 128 bytes apart, and the
+ * next 8 rows 256 bytes on: byte (n, k) of a k-step of an N-row chunk is at
+ * (n / 8) * 256 + (k / 16) * 128 + (n % 8) * 16 + k % 16. The accumulators
+ * of m64nN are per warp (16 rows each, warp w of the group rows 16w..) the
+ * m16n8 C fragments of the N/8 column tiles, and A's registers the m16n8k32
+ * A fragment: the layouts the mma.sync kernels already use. */
+#pragma once
+#include <stdint.h>
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define GP_SM90A 1
+#else
+#define GP_SM90A 0
+#endif
+
+__device__ __forceinline__ uint32_t gp_smem(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void gp_mbar_init(uint64_t *bar, unsigned count)
+{
+#if GP_SM90A
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(gp_smem(bar)), "r"(count) : "memory");
+#else
+    __trap();
+#endif
+}
+
+/* the barriers' initialisation visible to the copy engine (then a __syncthreads) */
+__device__ __forceinline__ void gp_mbar_fence_init()
+{
+#if GP_SM90A
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void gp_mbar_arrive(uint64_t *bar)
+{
+#if GP_SM90A
+    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}" ::"r"(gp_smem(bar)) : "memory");
+#else
+    __trap();
+#endif
+}
+
+__device__ __forceinline__ void gp_mbar_wait(uint64_t *bar, unsigned parity)
+{
+#if GP_SM90A
+    asm volatile("{\n.reg .pred p;\nWAIT_%=:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+                 "@!p bra WAIT_%=;\n}" ::"r"(gp_smem(bar)),
+                 "r"(parity)
+                 : "memory");
+#else
+    __trap();
+#endif
+}
+
+/* bytes (a multiple of 16, both addresses 16-aligned) from global to shared
+ * memory by the copy engine; bar's phase completes when they have landed
+ * (the arrival and the byte count are this call's). */
+__device__ __forceinline__ void gp_bulk_load(void *dst, const void *src, unsigned bytes, uint64_t *bar)
+{
+#if GP_SM90A
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(gp_smem(bar)), "r"(bytes)
+                 : "memory");
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                     gp_smem(dst)),
+                 "l"(src), "r"(bytes), "r"(gp_smem(bar))
+                 : "memory");
+#else
+    __trap();
+#endif
+}
+
+/* descriptor of a K-major, unswizzled B tile at p (16-aligned): core
+ * matrices 128 bytes apart along K (LBO), 256 along N (SBO) */
+__device__ __forceinline__ uint64_t gp_desc(const void *p)
+{
+    return (uint64_t)((gp_smem(p) & 0x3ffff) >> 4) | (uint64_t)(128 >> 4) << 16 | (uint64_t)(256 >> 4) << 32;
+}
+
+__device__ __forceinline__ void gp_wg_fence()
+{
+#if GP_SM90A
+    asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void gp_wg_commit()
+{
+#if GP_SM90A
+    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void gp_wg_wait0()
+{
+#if GP_SM90A
+    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+#endif
+}
+
+/* d[j] (+)= A . B^T over one k-step of 32, for the N/8 column tiles of B
+ * (descriptor b); acc 0: d = A . B^T. */
+template <int N> __device__ __forceinline__ void gp_wgmma_s8(int (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t b, int acc);
+
+template <> __device__ __forceinline__ void gp_wgmma_s8<64>(int (&d)[8][4], const uint32_t (&a)[4], uint64_t b, int acc)
+{
+#if GP_SM90A
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p;\n}\n"
+                 : "+r"(d[0][0]), "+r"(d[0][1]), "+r"(d[0][2]), "+r"(d[0][3]), "+r"(d[1][0]), "+r"(d[1][1]), "+r"(d[1][2]), "+r"(d[1][3]), "+r"(d[2][0]), "+r"(d[2][1]), "+r"(d[2][2]), "+r"(d[2][3]), "+r"(d[3][0]), "+r"(d[3][1]), "+r"(d[3][2]), "+r"(d[3][3]), "+r"(d[4][0]), "+r"(d[4][1]), "+r"(d[4][2]), "+r"(d[4][3]), "+r"(d[5][0]), "+r"(d[5][1]), "+r"(d[5][2]), "+r"(d[5][3]), "+r"(d[6][0]), "+r"(d[6][1]), "+r"(d[6][2]), "+r"(d[6][3]), "+r"(d[7][0]), "+r"(d[7][1]), "+r"(d[7][2]), "+r"(d[7][3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(acc));
+#else
+    __trap();
+#endif
+}
+
+template <> __device__ __forceinline__ void gp_wgmma_s8<96>(int (&d)[12][4], const uint32_t (&a)[4], uint64_t b, int acc)
+{
+#if GP_SM90A
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %53, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n96k32.s32.s8.s8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47}, {%48,%49,%50,%51}, %52, p;\n}\n"
+                 : "+r"(d[0][0]), "+r"(d[0][1]), "+r"(d[0][2]), "+r"(d[0][3]), "+r"(d[1][0]), "+r"(d[1][1]), "+r"(d[1][2]), "+r"(d[1][3]), "+r"(d[2][0]), "+r"(d[2][1]), "+r"(d[2][2]), "+r"(d[2][3]), "+r"(d[3][0]), "+r"(d[3][1]), "+r"(d[3][2]), "+r"(d[3][3]), "+r"(d[4][0]), "+r"(d[4][1]), "+r"(d[4][2]), "+r"(d[4][3]), "+r"(d[5][0]), "+r"(d[5][1]), "+r"(d[5][2]), "+r"(d[5][3]), "+r"(d[6][0]), "+r"(d[6][1]), "+r"(d[6][2]), "+r"(d[6][3]), "+r"(d[7][0]), "+r"(d[7][1]), "+r"(d[7][2]), "+r"(d[7][3]), "+r"(d[8][0]), "+r"(d[8][1]), "+r"(d[8][2]), "+r"(d[8][3]), "+r"(d[9][0]), "+r"(d[9][1]), "+r"(d[9][2]), "+r"(d[9][3]), "+r"(d[10][0]), "+r"(d[10][1]), "+r"(d[10][2]), "+r"(d[10][3]), "+r"(d[11][0]), "+r"(d[11][1]), "+r"(d[11][2]), "+r"(d[11][3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(acc));
+#else
+    __trap();
+#endif
+}
+
+template <> __device__ __forceinline__ void gp_wgmma_s8<128>(int (&d)[16][4], const uint32_t (&a)[4], uint64_t b, int acc)
+{
+#if GP_SM90A
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p;\n}\n"
+                 : "+r"(d[0][0]), "+r"(d[0][1]), "+r"(d[0][2]), "+r"(d[0][3]), "+r"(d[1][0]), "+r"(d[1][1]), "+r"(d[1][2]), "+r"(d[1][3]), "+r"(d[2][0]), "+r"(d[2][1]), "+r"(d[2][2]), "+r"(d[2][3]), "+r"(d[3][0]), "+r"(d[3][1]), "+r"(d[3][2]), "+r"(d[3][3]), "+r"(d[4][0]), "+r"(d[4][1]), "+r"(d[4][2]), "+r"(d[4][3]), "+r"(d[5][0]), "+r"(d[5][1]), "+r"(d[5][2]), "+r"(d[5][3]), "+r"(d[6][0]), "+r"(d[6][1]), "+r"(d[6][2]), "+r"(d[6][3]), "+r"(d[7][0]), "+r"(d[7][1]), "+r"(d[7][2]), "+r"(d[7][3]), "+r"(d[8][0]), "+r"(d[8][1]), "+r"(d[8][2]), "+r"(d[8][3]), "+r"(d[9][0]), "+r"(d[9][1]), "+r"(d[9][2]), "+r"(d[9][3]), "+r"(d[10][0]), "+r"(d[10][1]), "+r"(d[10][2]), "+r"(d[10][3]), "+r"(d[11][0]), "+r"(d[11][1]), "+r"(d[11][2]), "+r"(d[11][3]), "+r"(d[12][0]), "+r"(d[12][1]), "+r"(d[12][2]), "+r"(d[12][3]), "+r"(d[13][0]), "+r"(d[13][1]), "+r"(d[13][2]), "+r"(d[13][3]), "+r"(d[14][0]), "+r"(d[14][1]), "+r"(d[14][2]), "+r"(d[14][3]), "+r"(d[15][0]), "+r"(d[15][1]), "+r"(d[15][2]), "+r"(d[15][3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(acc));
+#else
+    __trap();
+#endif
+}
