@@ -30,10 +30,11 @@
  * layer quantized per 128 columns); only the order of some float sums
  * differs. make test-gpu checks both against the CPU.
  *
- * On sm_90a the student's candidates take the same kernel as the wgmma way
- * (WG): the products as warpgroup MMAs on weight chunks streamed into
- * shared memory (Ring, below; gpu/sm90.cuh), and the small batches a
- * split way (split_kernel) where 4 warps share each 16 rows. */
+ * On sm_90a, at d_model 128, large batches' candidates run this kernel as
+ * the wgmma way (WG): its products as warpgroup MMAs on weight chunks
+ * streamed into shared memory (Ring, below; gpu/sm90.cuh). Small batches,
+ * and the teacher's, take the split way (split_kernel), where 4 warps
+ * share each 16 rows. */
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
