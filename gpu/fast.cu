@@ -1342,6 +1342,14 @@ __host__ __device__ inline int pi32(int p)
     return hi + (i < 2 ? 2 * t + i : 8 + 2 * t + i - 2);
 }
 
+/* The row of W [3d, d] (q, k, v blocks of d rows) at row n of the head
+ * order: per head, its q, k and v rows, then the head's column. */
+__device__ __forceinline__ int head_row(int n, int d, int dh)
+{
+    const int h = n / (3 * dh), s = n / dh % 3, c = n % dh;
+    return s * d + h * dh + c;
+}
+
 /* Wf[(nt * kpt + kp) * 32 + lane] from W [rows, kp_bytes] row-major int8:
  * row n of Wf is row perm(n) of W (perm: identity, or the head order of
  * the qkv rows when d > 0). */
@@ -1350,11 +1358,7 @@ __global__ void to_fragments(const int8_t *W, int ldw, int n_rows, int k, int d,
     const int kpt = k / 64, total = n_rows / 8 * kpt * 32;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
         const int lane = i % 32, kp = i / 32 % kpt, nt = i / 32 / kpt, g = lane >> 2, t = lane & 3;
-        int n = nt * 8 + g;
-        if (d > 0) { /* head order: h, then q k v, then the head's column */
-            const int h = n / (3 * dh), s = n / dh % 3, c = n % dh;
-            n = s * d + h * dh + c;
-        }
+        const int n = d > 0 ? head_row(nt * 8 + g, d, dh) : nt * 8 + g;
         uint32_t w[4];
         for (int r = 0; r < 4; r++) { /* b0, b1 of k-step 2kp, then of 2kp + 1 */
             const int k0 = (2 * kp + (r >> 1)) * 32 + (r & 1) * 16;
@@ -1374,11 +1378,7 @@ __global__ void to_stream(const int8_t *W, int ldw, int n0, int N, int k0, int d
 {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < N * 128; i += gridDim.x * blockDim.x) {
         const int n = i / 128, kk = i % 128, ks = kk / 32, p = kk % 32;
-        int r = n0 + n;
-        if (d > 0) {
-            const int h = r / (3 * dh), sq = r / dh % 3, c = r % dh;
-            r = sq * d + h * dh + c;
-        }
+        const int r = d > 0 ? head_row(n0 + n, d, dh) : n0 + n;
         dst[ks * N * 32 + (n / 8) * 256 + (p / 16) * 128 + (n % 8) * 16 + p % 16] =
             (uint8_t)W[(size_t)r * ldw + k0 + ks * 32 + pi32(p)];
     }
@@ -1387,10 +1387,8 @@ __global__ void to_stream(const int8_t *W, int ldw, int n0, int N, int k0, int d
 /* qkv scales and biases into head order. */
 __global__ void to_head_order(const float *src, int d, int dh, float *dst)
 {
-    for (int n = blockIdx.x * blockDim.x + threadIdx.x; n < 3 * d; n += gridDim.x * blockDim.x) {
-        const int h = n / (3 * dh), s = n / dh % 3, c = n % dh;
-        dst[n] = src[s * d + h * dh + c];
-    }
+    for (int n = blockIdx.x * blockDim.x + threadIdx.x; n < 3 * d; n += gridDim.x * blockDim.x)
+        dst[n] = src[head_row(n, d, dh)];
 }
 
 static_assert(LM_MAX_LAYERS < 256, "the history flags count layers in 8 bits");
