@@ -375,11 +375,97 @@ __device__ __forceinline__ void ln_quant(const float4 *xs, const float *w, const
               ln_at<NT>(xs, mo, w, b, 4 * ks + 2), ln_at<NT>(xs, mo, w, b, 4 * ks + 3), q0.mul, q1.mul);
 }
 
-__device__ __forceinline__ float gelu(float y)
+/* ---- the FFN's hidden layer, in packed half2 ------------------------------------------------ */
+
+/* Two floats as a half2, saturated to +-65504 (an infinity would turn the
+ * GELU below into a NaN). */
+__device__ __forceinline__ uint32_t h2sat(float lo, float hi)
 {
-    float t;
-    asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(0.7978845608028654f * (0.044715f * y * y * y + y)));
-    return 0.5f * y * (1.0f + t);
+    uint32_t u;
+    asm("cvt.rn.satfinite.f16x2.f32 %0, %1, %2;" : "=r"(u) : "f"(hi), "f"(lo));
+    return u;
+}
+
+__device__ __forceinline__ uint32_t tanh2(uint32_t u)
+{
+    uint32_t t;
+    asm("tanh.approx.f16x2 %0, %1;" : "=r"(t) : "r"(u));
+    return t;
+}
+
+/* gelu_tanh of two halves: y (0.5 + 0.5 tanh(y (c0 + c1 y^2))). Past
+ * |y| = 256, y^2 is infinite and tanh +-1, which is still the limit. */
+__device__ __forceinline__ __half2 gelu2(uint32_t yu)
+{
+    const __half2 y = *(const __half2 *)&yu;
+    const __half2 p = __hfma2(__hmul2(y, y), __float2half2_rn(0.7978845608028654f * 0.044715f),
+                              __float2half2_rn(0.7978845608028654f));
+    const __half2 yp = __hmul2(y, p);
+    const uint32_t th = tanh2(*(const uint32_t *)&yp);
+    const __half2 half = __float2half2_rn(0.5f);
+    return __hmul2(y, __hfma2(*(const __half2 *)&th, half, half));
+}
+
+/* The quantization of one row's hidden chunk whose |max| is amax, for
+ * halves: v -> round(v mul) with mul = 127 / amax, as lm_quantize_row_ref,
+ * but for mul in half (relative error 2^-11, so |v mul| <= 127.06 still
+ * rounds into int8) and capped at 2^15, the largest power of two a half
+ * holds (chunks under 127 / 2^15 in magnitude, which add next to nothing
+ * to the down-projection, are quantized at that step). */
+__device__ __forceinline__ Quant quant_of_half(float amax)
+{
+    Quant q;
+    q.mul = amax == 0.0f ? 0.0f : fminf(127.0f / amax, 32768.0f);
+    q.scale = amax == 0.0f ? 0.0f : q.mul == 32768.0f ? 1.0f / 32768.0f : amax / 127.0f;
+    return q;
+}
+
+/* round(v mul) of two halves as int8 in the low byte of each half: v mul +
+ * 1536 is an integer of [1408, 1664], where a half's step is 1, so the
+ * fused rounding is to the nearest integer (ties to even, as cvt.rni), and
+ * the low byte of 1536 + i is i as two's complement. */
+__device__ __forceinline__ uint32_t q8h2(__half2 v, __half2 mul)
+{
+    const __half2 r = __hfma2(v, mul, __float2half2_rn(1536.0f));
+    return *(const uint32_t *)&r;
+}
+
+/* The up-projection's epilogue for one 128-column chunk of the FFN's hidden
+ * layer (acc: 16 n8 tiles of the warp's 16 rows; s, bias: the chunk's
+ * column scales and biases; r0, r1: rows g and g + 8's activation scales):
+ * dequantized in fp32 as everywhere, then GELU, the rows' maxima and the
+ * int8 quantization per row and chunk in packed half2, half the
+ * instructions of fp32 (bench/NOTES.md). Out: the down-projection's A
+ * fragments of the chunk's 4 k-steps (pi order, as afrag) and the rows'
+ * scales. */
+__device__ __forceinline__ void hidden_chunk(const int (&acc)[16][4], float r0, float r1, const float *__restrict__ s,
+                                             const float *__restrict__ bias, uint32_t (&a2)[4][4], float &sc0,
+                                             float &sc1)
+{
+    const int t = threadIdx.x & 3;
+    __half2 h[16][2]; /* [tile][row g, row g + 8] */
+    __half2 am0 = __float2half2_rn(0.0f), am1 = am0;
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+        const int c = j * 8 + t * 2;
+        const float2 sc = __ldg((const float2 *)(s + c)), b = __ldg((const float2 *)(bias + c));
+        h[j][0] = gelu2(h2sat((float)acc[j][0] * (r0 * sc.x) + b.x, (float)acc[j][1] * (r0 * sc.y) + b.y));
+        h[j][1] = gelu2(h2sat((float)acc[j][2] * (r1 * sc.x) + b.x, (float)acc[j][3] * (r1 * sc.y) + b.y));
+        am0 = __hmax2(am0, __habs2(h[j][0]));
+        am1 = __hmax2(am1, __habs2(h[j][1]));
+    }
+    const float2 m0 = __half22float2(am0), m1 = __half22float2(am1);
+    const Quant q0 = quant_of_half(gp_quad_max(fmaxf(m0.x, m0.y))), q1 = quant_of_half(gp_quad_max(fmaxf(m1.x, m1.y)));
+    const __half2 mul0 = __float2half2_rn(q0.mul), mul1 = __float2half2_rn(q1.mul);
+#pragma unroll
+    for (int ks = 0; ks < 4; ks++) {
+        a2[ks][0] = __byte_perm(q8h2(h[4 * ks][0], mul0), q8h2(h[4 * ks + 1][0], mul0), 0x6420);
+        a2[ks][1] = __byte_perm(q8h2(h[4 * ks][1], mul1), q8h2(h[4 * ks + 1][1], mul1), 0x6420);
+        a2[ks][2] = __byte_perm(q8h2(h[4 * ks + 2][0], mul0), q8h2(h[4 * ks + 3][0], mul0), 0x6420);
+        a2[ks][3] = __byte_perm(q8h2(h[4 * ks + 2][1], mul1), q8h2(h[4 * ks + 3][1], mul1), 0x6420);
+    }
+    sc0 = q0.scale;
+    sc1 = q1.scale;
 }
 
 /* ---- the kernel: one layer at a time for 64 rows ------------------------------------------------ */
@@ -864,21 +950,9 @@ __global__ void __launch_bounds__(THREADS, MINB)
                 int acc[16][4];
                 zero(acc);
                 product<WG, 16, KS>(acc, a, ly.up, KS / 2, c0 / 8, 0, ring);
-                float4 hv[16];
-                float am0 = 0.0f, am1 = 0.0f;
-#pragma unroll
-                for (int j = 0; j < 16; j++) {
-                    const int c = c0 + j * 8 + t * 2;
-                    const float4 y = deq(acc[j], sr0, sr1, ldg2(ly.up_s + c), ldg2(ly.up_b + c));
-                    hv[j] = make_float4(gelu(y.x), gelu(y.y), gelu(y.z), gelu(y.w));
-                    am0 = fmaxf(am0, fmaxf(fabsf(hv[j].x), fabsf(hv[j].y)));
-                    am1 = fmaxf(am1, fmaxf(fabsf(hv[j].z), fabsf(hv[j].w)));
-                }
-                const Quant q0 = quant_of(gp_quad_max(am0)), q1 = quant_of(gp_quad_max(am1));
                 uint32_t a2[4][4];
-#pragma unroll
-                for (int ks = 0; ks < 4; ks++)
-                    afrag(a2[ks], hv[4 * ks], hv[4 * ks + 1], hv[4 * ks + 2], hv[4 * ks + 3], q0.mul, q1.mul);
+                float hs0, hs1;
+                hidden_chunk(acc, sr0, sr1, ly.up_s + c0, ly.up_b + c0, a2, hs0, hs1);
 #pragma unroll
                 for (int ng = 0; ng < NT / 8; ng++) {
                     int dacc[8][4];
@@ -888,7 +962,7 @@ __global__ void __launch_bounds__(THREADS, MINB)
                     for (int j = 0; j < 8; j++) {
                         const int c = (ng * 8 + j) * 8 + t * 2;
                         const float2 bb = c0 == 0 ? ldg2(ly.down_b + c) : make_float2(0.0f, 0.0f);
-                        const float4 y = deq(dacc[j], q0.scale, q1.scale, ldg2(ly.down_s + c), bb);
+                        const float4 y = deq(dacc[j], hs0, hs1, ldg2(ly.down_s + c), bb);
                         float4 &x = xs[(ng * 8 + j) * 32 + lane];
                         x = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
                     }
@@ -1258,26 +1332,15 @@ __global__ void __launch_bounds__(4 * 32, MINB)
             int acc[16][4];
             zero(acc);
             mma_tiles<16, KS>(acc, a, ly.up, KS / 2, ch * 16, 0);
-            float4 hv[16];
-            float am0 = 0.0f, am1 = 0.0f;
+            uint32_t v[4][4];
+            float hs0, hs1;
+            hidden_chunk(acc, sr0, sr1, ly.up_s + ch * 128, ly.up_b + ch * 128, v, hs0, hs1);
 #pragma unroll
-            for (int j = 0; j < 16; j++) {
-                const int col = ch * 128 + j * 8 + t * 2;
-                const float4 y = deq(acc[j], sr0, sr1, ldg2(ly.up_s + col), ldg2(ly.up_b + col));
-                hv[j] = make_float4(gelu(y.x), gelu(y.y), gelu(y.z), gelu(y.w));
-                am0 = fmaxf(am0, fmaxf(fabsf(hv[j].x), fabsf(hv[j].y)));
-                am1 = fmaxf(am1, fmaxf(fabsf(hv[j].z), fabsf(hv[j].w)));
-            }
-            const Quant q0 = quant_of(gp_quad_max(am0)), q1 = quant_of(gp_quad_max(am1));
-#pragma unroll
-            for (int ks = 0; ks < 4; ks++) {
-                uint32_t v[4];
-                afrag(v, hv[4 * ks], hv[4 * ks + 1], hv[4 * ks + 2], hv[4 * ks + 3], q0.mul, q1.mul);
-                Ah[(ch * 4 + ks) * 32 + lane] = make_uint4(v[0], v[1], v[2], v[3]);
-            }
+            for (int ks = 0; ks < 4; ks++)
+                Ah[(ch * 4 + ks) * 32 + lane] = make_uint4(v[ks][0], v[ks][1], v[ks][2], v[ks][3]);
             if (t == 0) {
-                hs[ch * 16 + g] = q0.scale;
-                hs[ch * 16 + g + 8] = q1.scale;
+                hs[ch * 16 + g] = hs0;
+                hs[ch * 16 + g + 8] = hs1;
             }
         }
         __syncthreads(); /* every chunk's A fragments */
