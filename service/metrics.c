@@ -205,7 +205,8 @@ int svc_metrics_render(svc_metrics *m, char **out, size_t *len)
     counter(&b, "rankd_dead_lettered_total", "Events sent to the dead-letter topic.", dl);
     counter(&b, "rankd_rankings_published_total", "Ranked lists acknowledged by the broker.",
             atomic_load(&m->published));
-    counter(&b, "rankd_publish_errors_total", "Ranked lists the broker refused (retried).",
+    counter(&b, "rankd_publish_errors_total",
+            "Output messages the broker refused or did not acknowledge with an offset (produced again).",
             atomic_load(&m->publish_errors));
     counter(&b, "rankd_redis_errors_total", "Failed Redis round trips.", atomic_load(&m->redis_errors));
     counter(&b, "rankd_kafka_errors_total", "Kafka client errors.", atomic_load(&m->kafka_errors));
