@@ -184,10 +184,11 @@ static int call_retrieve(gp_engine *e, const inputs *in, int B, int i, char *err
 }
 
 /* Median seconds of one call: 10 calls of warm-up, then calls until a
- * second has passed (at least 21, at most MAX_REPS). */
-static double median_time(bench_call f, gp_engine *e, const inputs *in, int B, int *reps)
+ * second has passed (at least 21, at most MAX_REPS). Score calls also give
+ * the medians of their phases (gp_engine_timing), in us, into phase. */
+static double median_time(bench_call f, gp_engine *e, const inputs *in, int B, int *reps, double phase[3])
 {
-    static double ts[MAX_REPS];
+    static double ts[MAX_REPS], ph[3][MAX_REPS];
     char err[CM_ERRSZ];
     int n = 0;
     for (int i = 0; i < 10; i++)
@@ -198,8 +199,17 @@ static double median_time(bench_call f, gp_engine *e, const inputs *in, int B, i
         if (f(e, in, B, n, err, sizeof err))
             die("timed call", err);
         ts[n] = now_s() - t0;
+        if (phase) {
+            gp_timing tm;
+            gp_engine_timing(e, &tm);
+            ph[0][n] = tm.stage_ns * 1e-3, ph[1][n] = tm.device_ns * 1e-3, ph[2][n] = tm.unstage_ns * 1e-3;
+        }
     }
     qsort(ts, (size_t)n, sizeof ts[0], cmp_double);
+    for (int k = 0; phase && k < 3; k++) {
+        qsort(ph[k], (size_t)n, sizeof ph[k][0], cmp_double);
+        phase[k] = ph[k][n / 2];
+    }
     *reps = n;
     return ts[n / 2];
 }
@@ -222,24 +232,25 @@ static void bench_model(const char *dir, const char *name, const lm_config *c, d
         die("RANKD_BENCH_B", "is not a batch size from 1 to 512");
     for (int i = 0; i < (one_b ? 1 : 4); i++) {
         int B = one_b ? one_b : Bs[i], reps;
-        double t = median_time(call_score, e, &in, B, &reps), cps = B * N_CANDS / t;
+        double ph[3], t = median_time(call_score, e, &in, B, &reps, ph), cps = B * N_CANDS / t;
         printf("{\"bench\": \"score\", \"model\": \"%s\", \"quant\": \"int8\", \"device\": \"%s\", \"B\": %d, "
                "\"m\": %d, \"n\": %d, \"reps\": %d, \"us\": %.1f, \"cand_per_s\": %.0f, \"ops_per_cand\": %.0f, "
-               "\"tops\": %.2f, \"frac_peak\": %.4f}\n", name, gp_engine_device(e), B, N_CANDS, N_HIST, reps,
-               t * 1e6, cps, ops, cps * ops * 1e-12, cps * ops / peak);
+               "\"tops\": %.2f, \"frac_peak\": %.4f, \"stage_us\": %.1f, \"device_us\": %.1f, \"unstage_us\": %.1f}\n",
+               name, gp_engine_device(e), B, N_CANDS, N_HIST, reps, t * 1e6, cps, ops, cps * ops * 1e-12,
+               cps * ops / peak, ph[0], ph[1], ph[2]);
         fflush(stdout);
     }
     if (!only_b) {
         static const int vBs[] = {1, 16};
         for (int i = 0; i < 2; i++) {
             int reps;
-            double t = median_time(call_varied, e, &in, vBs[i], &reps);
+            double t = median_time(call_varied, e, &in, vBs[i], &reps, NULL);
             printf("{\"bench\": \"varied\", \"model\": \"%s\", \"B\": %d, \"m_min\": %d, \"m_max\": %d, "
                    "\"reps\": %d, \"us\": %.1f}\n", name, vBs[i], VARIED_MIN, N_CANDS, reps, t * 1e6);
             fflush(stdout);
         }
         int reps;
-        double t = median_time(call_rescore, e, &in, MAX_B, &reps);
+        double t = median_time(call_rescore, e, &in, MAX_B, &reps, NULL);
         printf("{\"bench\": \"rescore\", \"model\": \"%s\", \"B\": %d, \"m\": %d, \"n\": %d, \"reps\": %d, "
                "\"us\": %.1f, \"requests_per_s\": %.0f}\n", name, MAX_B, RESCORE_CANDS, N_HIST, reps, t * 1e6,
                MAX_B / t);
@@ -249,7 +260,7 @@ static void bench_model(const char *dir, const char *name, const lm_config *c, d
         die("gp_engine_score", err);
     for (int i = 0; i < 2; i++) {
         int B = retr_Bs[i], reps;
-        double t = median_time(call_retrieve, e, &in, B, &reps);
+        double t = median_time(call_retrieve, e, &in, B, &reps, NULL);
         printf("{\"bench\": \"retrieve\", \"model\": \"%s\", \"quant\": \"int8\", \"B\": %d, \"items\": %d, "
                "\"k\": %d, \"excluded\": %d, \"reps\": %d, \"us\": %.1f}\n", name, B, c->n_items, TOP_K, N_HIST,
                reps, t * 1e6);

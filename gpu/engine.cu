@@ -9,13 +9,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "common/err.h"
+#include "llm/pool.h"
 #include "gpu/internal.cuh"
 
 #define MAX_ALLOCS 512
 #define N_GRAPHS 64 /* score calls' graphs kept, one per batch shape, least recently used out */
 #define N_SEEN 128  /* shapes seen once, the latest: their next call captures a graph */
+#define STAGE_THREADS 4 /* host threads for a call's copies, at most: a memcpy's bandwidth gains little past */
 
 /* A batch shape: requests, candidate tiles, candidates. It fixes every
  * size, offset and grid of a score call; what changes from call to call
@@ -50,6 +54,9 @@ struct gp_engine {
     gp_graph graph[N_GRAPHS];
     gp_shape seen[N_SEEN]; /* a ring: n_seen filled, the next written at seen_next */
     int n_seen, seen_next;
+    gp_timing timing; /* the latest score call's */
+    lm_pool *pool;    /* host threads for staging (NULL: the caller alone) */
+    int *req_at;      /* [max_batch] a score call's first candidate of each request */
     char device[256];
 };
 
@@ -205,6 +212,8 @@ void gp_engine_free(gp_engine *e)
     for (int i = 0; i < N_GRAPHS; i++)
         if (e->graph[i].ex)
             cudaGraphExecDestroy(e->graph[i].ex);
+    lm_pool_free(e->pool);
+    free(e->req_at);
     gp_retr_free(e->rt);
     gp_score_free(e->sc);
     for (int i = 0; i < e->n_allocs; i++)
@@ -252,6 +261,19 @@ int gp_engine_new(gp_engine **out, const lm_model *m, const gp_opts *o, char *er
         e->graphs = !(g && !strcmp(g, "0"));
     }
     staging_sizes(e);
+    if (!(e->req_at = (int *)malloc(sizeof(int) * (size_t)o->max_batch))) {
+        free(e);
+        return cm_errf(err, errsz, "gpu: out of memory");
+    }
+    {
+        const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        int n = o->threads > 0 ? o->threads : cores > 1 ? (int)cores : 1;
+        n = n < STAGE_THREADS ? n : STAGE_THREADS;
+        if (n > 1 && lm_pool_new(&e->pool, n, err, errsz)) {
+            gp_engine_free(e);
+            return -1;
+        }
+    }
     GP_TRY(cudaSetDevice(o->device), "selecting the GPU");
     GP_TRY(cudaStreamCreateWithFlags(&e->st, cudaStreamNonBlocking), "creating a stream");
     if (upload_model(e, err, errsz) || gp_score_new(&e->sc, &e->w, e->d_w, o->max_batch, err, errsz) ||
@@ -361,11 +383,112 @@ static int score_graph(gp_engine *e, gp_shape sh, const gp_batch *b, size_t in_b
     return 1;
 }
 
+/* A score call's copies between the requests and the pinned buffers, in
+ * tasks of COPY_REQS requests, on the engine's host threads where the call
+ * has at least PAR_CANDS candidates. The requests' ids are checked as they
+ * are copied, in one pass: at 512 x 512 candidates, reading them from
+ * memory once on one thread (validation, then copies) was a fifth of the
+ * call on an H200's host (bench/NOTES.md). */
+#define COPY_REQS 16
+#define PAR_CANDS 16384
+
+typedef struct copy_job {
+    gp_engine *e;
+    const lm_request *reqs;
+    int n, mh, d, n_items, n_actions;
+    int32_t *hi, *ha, *cd; /* staging: history items, actions, candidates */
+    const float *sc, *uv;  /* answers: scores, user vectors */
+    int bad;               /* an id out of range was copied (atomic) */
+} copy_job;
+
+/* dst = src; 1 when every id is in 0..lim-1. Blocks of 16 vectorize. */
+static int copy_ids(int32_t *__restrict__ dst, const int32_t *__restrict__ src, int n, int lim)
+{
+    uint32_t bad = 0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int k = 0; k < 16; k++) {
+            dst[i + k] = src[i + k];
+            bad |= (uint32_t)src[i + k] >= (uint32_t)lim;
+        }
+    for (; i < n; i++) {
+        dst[i] = src[i];
+        bad |= (uint32_t)src[i] >= (uint32_t)lim;
+    }
+    return bad == 0;
+}
+
+static void stage_task(void *ctx, int task, int thread)
+{
+    (void)thread;
+    copy_job *j = (copy_job *)ctx;
+    const int end = (task + 1) * COPY_REQS < j->n ? (task + 1) * COPY_REQS : j->n;
+    int ok = 1;
+    for (int i = task * COPY_REQS; i < end; i++) {
+        const lm_request *r = &j->reqs[i];
+        const size_t h = (size_t)i * j->mh;
+        ok &= copy_ids(j->hi + h, r->hist_items, r->n_hist, j->n_items) &
+              copy_ids(j->ha + h, r->hist_actions, r->n_hist, j->n_actions) &
+              copy_ids(j->cd + j->e->req_at[i], r->cands, r->n_cands, j->n_items);
+    }
+    if (!ok)
+        __atomic_store_n(&j->bad, 1, __ATOMIC_RELAXED);
+}
+
+static void unstage_task(void *ctx, int task, int thread)
+{
+    (void)thread;
+    const copy_job *j = (const copy_job *)ctx;
+    const int end = (task + 1) * COPY_REQS < j->n ? (task + 1) * COPY_REQS : j->n;
+    for (int i = task * COPY_REQS; i < end; i++) {
+        const lm_request *r = &j->reqs[i];
+        if (r->n_cands)
+            memcpy(r->scores, j->sc + j->e->req_at[i], sizeof(float) * r->n_cands);
+        if (r->user_vec)
+            memcpy(r->user_vec, j->uv + (size_t)i * j->d, sizeof(float) * j->d);
+    }
+}
+
+static void run_copies(gp_engine *e, copy_job *j, int total, lm_task_fn fn)
+{
+    const int tasks = (j->n + COPY_REQS - 1) / COPY_REQS;
+    if (e->pool && total >= PAR_CANDS && tasks > 1)
+        lm_pool_run(e->pool, fn, j, tasks);
+    else
+        for (int t = 0; t < tasks; t++)
+            fn(j, t, 0);
+}
+
+/* What the copies need to be safe: the batch's size, each request's
+ * lengths and arrays. The ids are checked as they are copied. */
+static int sizes_ok(const lm_config *c, const gp_opts *o, const lm_request *reqs, int n)
+{
+    if (n < 0 || n > o->max_batch)
+        return 0;
+    for (int i = 0; i < n; i++) {
+        const lm_request *r = &reqs[i];
+        if (r->n_hist < 0 || r->n_hist > c->max_hist || r->n_cands < 0 || r->n_cands > o->max_cands ||
+            (r->n_hist && (!r->hist_items || !r->hist_actions)) || (r->n_cands && (!r->cands || !r->scores)))
+            return 0;
+    }
+    return 1;
+}
+
+static long long now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
 int gp_engine_score(gp_engine *e, const lm_request *reqs, int n, char *err, size_t errsz)
 {
+    const long long t0 = now_ns();
     const lm_config *c = &e->m->cfg;
-    if (lm_requests_check(c, e->o.max_batch, e->o.max_cands, reqs, n, err, errsz))
-        return -1;
+    /* a bad batch gets lm_requests_check's message, as on the CPU */
+    if (!sizes_ok(c, &e->o, reqs, n))
+        return lm_requests_check(c, e->o.max_batch, e->o.max_cands, reqs, n, err, errsz) ? -1
+               : cm_errf(err, errsz, "internal: a batch the engine refused passed lm_requests_check");
     if (n == 0)
         return 0;
     const int mh = c->max_hist, d = c->d_model;
@@ -381,41 +504,42 @@ int gp_engine_score(gp_engine *e, const lm_request *reqs, int n, char *err, size
     int32_t *ha = (int32_t *)stage_take(&in, sizeof(int32_t) * n * mh, (void **)&b.hist_actions);
     int4 *tl = (int4 *)stage_take(&in, sizeof(int4) * tiles, (void **)&b.tiles);
     int32_t *cd = (int32_t *)stage_take(&in, sizeof(int32_t) * total, (void **)&b.cands);
-    *(unsigned long long *)stage_take(&in, sizeof(unsigned long long), (void **)&b.call) = ++e->calls;
+    unsigned long long *call = (unsigned long long *)stage_take(&in, sizeof(unsigned long long), (void **)&b.call);
     float *uv = (float *)stage_take(&out, sizeof(float) * n * d, (void **)&b.user_vec);
     float *sc = (float *)stage_take(&out, sizeof(float) * total, (void **)&b.scores);
     int at = 0, t = 0;
     for (int i = 0; i < n; i++) {
         const lm_request *r = &reqs[i];
         nh[i] = r->n_hist;
-        if (r->n_hist) {
-            memcpy(hi + (size_t)i * mh, r->hist_items, sizeof(int32_t) * r->n_hist);
-            memcpy(ha + (size_t)i * mh, r->hist_actions, sizeof(int32_t) * r->n_hist);
-        }
-        if (r->n_cands)
-            memcpy(cd + at, r->cands, sizeof(int32_t) * r->n_cands);
+        e->req_at[i] = at;
         for (int j = 0; j < r->n_cands; j += GP_TILE)
             tl[t++] = make_int4(i, at + j, r->n_cands - j < GP_TILE ? r->n_cands - j : GP_TILE, 0);
         at += r->n_cands;
     }
+    copy_job job = {e, reqs, n, mh, d, c->n_items, c->n_actions, hi, ha, cd, NULL, NULL, 0};
+    run_copies(e, &job, total, stage_task);
+    if (job.bad) {
+        lm_requests_check(c, e->o.max_batch, e->o.max_cands, reqs, n, err, errsz);
+        return -1;
+    }
+    *call = ++e->calls;
     cudaGraphExec_t ex = NULL;
+    const long long t1 = now_ns();
     const int g = e->graphs ? score_graph(e, (gp_shape){n, tiles, total}, &b, in.off, out.off, &ex, err, errsz) : 0;
     if (g < 0 || (g ? gp_cuda_err(cudaGraphLaunch(ex, e->st), "launching a graph", err, errsz)
                     : score_enqueue(e, &b, in.off, out.off, err, errsz)))
         return -1;
     if (finish(e, "scoring", err, errsz))
         return -1;
-    at = 0;
-    for (int i = 0; i < n; i++) {
-        const lm_request *r = &reqs[i];
-        if (r->n_cands)
-            memcpy(r->scores, sc + at, sizeof(float) * r->n_cands);
-        if (r->user_vec)
-            memcpy(r->user_vec, uv + (size_t)i * d, sizeof(float) * d);
-        at += r->n_cands;
-    }
+    const long long t2 = now_ns();
+    job.sc = sc;
+    job.uv = uv;
+    run_copies(e, &job, total, unstage_task);
+    e->timing = (gp_timing){t1 - t0, t2 - t1, now_ns() - t2};
     return 0;
 }
+
+void gp_engine_timing(const gp_engine *e, gp_timing *t) { *t = e->timing; }
 
 int gp_engine_retrieve(gp_engine *e, lm_retrieval *reqs, int n, char *err, size_t errsz)
 {

@@ -33,6 +33,8 @@ typedef struct gp_opts {
     int max_k;       /* retrieval: top k per user */
     int max_exclude; /* retrieval: exclusions per user */
     int device;      /* CUDA device ordinal */
+    int threads;     /* host threads that copy a large call's requests and answers, the caller
+                        included, at most 4: 0 for every core, 1 for the caller alone */
 } gp_opts;
 
 typedef struct gp_engine gp_engine;
@@ -48,6 +50,17 @@ const char *gp_engine_device(const gp_engine *e);
 
 /* lm_scorer_run on the GPU: same inputs, validation and outputs. */
 int gp_engine_score(gp_engine *e, const lm_request *reqs, int n, char *err, size_t errsz);
+
+/* Where the latest successful gp_engine_score call's wall time went, in
+ * nanoseconds: validating the requests and staging them into pinned memory
+ * (the host), from the launch until the answers are back in pinned memory
+ * (the copies and kernels, while the host waits), and copying the answers
+ * out to the requests (the host). For benchmarks and profiles. */
+typedef struct gp_timing {
+    long long stage_ns, device_ns, unstage_ns;
+} gp_timing;
+
+void gp_engine_timing(const gp_engine *e, gp_timing *t);
 
 /* lm_retrieve on the GPU: same inputs, validation, order and ties. */
 int gp_engine_retrieve(gp_engine *e, lm_retrieval *reqs, int n, char *err, size_t errsz);

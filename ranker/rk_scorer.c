@@ -169,7 +169,7 @@ static int open_gpu(rk_scorer *s, char *why, size_t whysz)
     if (!gp_probe(0, why, whysz))
         return -1;
     gp_opts go = {.max_batch = s->o.max_batch, .max_cands = s->width, .max_k = s->o.retrieve_n,
-                  .max_exclude = s->o.max_exclude, .device = 0};
+                  .max_exclude = s->o.max_exclude, .device = 0, .threads = s->o.threads};
     if (gp_engine_new(&s->gpu, s->m, &go, why, whysz))
         return -1;
     s->be = &gpu_backend;

@@ -81,7 +81,7 @@ static const key keys[] = {
     INT("redis.timeout_ms", redis.timeout_ms, "1000", 1, 3600000, "connect and command timeout"),
     STR("model.path", model.path, "", 0, NULL, "artifact; \"\": the one make run trains"),
     STR("model.device", model.device, "auto", 0, "auto|cuda|cpu", "where the scorer runs"),
-    INT("model.threads", model.threads, "0", 0, 1024, "CPU scorer threads; 0: every core"),
+    INT("model.threads", model.threads, "0", 0, 1024, "CPU scorer threads (on the GPU: host copy threads, at most 4); 0: every core"),
     INT("model.reload_check_ms", model.reload_check_ms, "1000", 0, 86400000,
         "poll the artifacts for changes; 0: reload on SIGHUP only"),
     STR("model.b.path", model.b.path, "", 0, NULL, "A/B: variant b's artifact; \"\": no A/B test"),

@@ -85,15 +85,21 @@ static void need_gpu(void)
                   "on the GPU machine (docs/gpu.md)", info);
 }
 
-static gp_engine *engine_new(const lm_model *m, int max_batch, int max_cands)
+/* threads: the engine's host threads for copies (gp_opts; 0: the default) */
+static gp_engine *engine_threads(const lm_model *m, int max_batch, int max_cands, int threads)
 {
     char err[CM_ERRSZ] = "";
     gp_engine *e = NULL;
     gp_opts o = {.max_batch = max_batch, .max_cands = max_cands, .max_k = MAX_K, .max_exclude = MAX_EXCL,
-                 .device = 0};
+                 .device = 0, .threads = threads};
     ck_assert_msg(gp_engine_new(&e, m, &o, err, sizeof err) == 0, "gp_engine_new: %s", err);
     ck_assert_ptr_nonnull(e);
     return e;
+}
+
+static gp_engine *engine_new(const lm_model *m, int max_batch, int max_cands)
+{
+    return engine_threads(m, max_batch, max_cands, 0);
 }
 
 static void gpu_run(gp_engine *e, const lm_request *reqs, int n)
@@ -500,6 +506,52 @@ START_TEST(test_graphs)
         batch_free(&x2);
         lm_model_free(m);
     }
+}
+END_TEST
+
+/* A call of THR_B x MID_M (some requests fewer candidates, one none, one
+ * without user_vec), large enough that gpu/engine.cu copies the requests
+ * and answers on its host threads (PAR_CANDS, 16,384 candidates), on an
+ * engine with 4 of them and on one with the caller alone: the same bits. */
+#define THR_B 200
+START_TEST(test_threads)
+{
+    need_gpu();
+    lm_model *m = parity_model(TU_N_CASES, 1);
+    batch x;
+    batch_random(&x, &m->cfg, 79, THR_B, MID_M);
+    size_t total = 0;
+    for (int b = 0; b < x.B; b++)
+        total += (size_t)x.reqs[b].n_cands;
+    gp_engine *four = engine_threads(m, THR_B, MID_M, 4), *one = engine_threads(m, THR_B, MID_M, 1);
+    size_t n = 0, differ = 0;
+    for (int k = 0; k < 2; k++) { /* the second time, graphs replay on both */
+        batch_score_gpu(&x, four);
+        batch_outputs(&x, x.cpu_s, x.cpu_u);
+        gpu_run(one, x.reqs, x.B);
+        const size_t ns = (size_t)x.B * x.M, nu = (size_t)x.B * x.d;
+        differ += bits_differ(x.gpu_s, x.cpu_s, ns) + bits_differ(x.gpu_u, x.cpu_u, nu);
+        n += ns + nu;
+    }
+    printf("threads     mid   int8 auto : 2 calls of %d requests, %zu candidates, copied by 4 host threads against "
+           "the caller alone: %zu floats compared, %zu differ\n", THR_B, total, n, differ);
+    ck_assert_msg(total >= 16384, "the batch (%zu candidates) is too small for the threaded copies", total);
+    ck_assert_msg(differ == 0, "%zu of %zu floats differ between 4 host threads and 1", differ, n);
+    /* a bad id late in the batch, found by a worker's copy: the CPU's message */
+    const int bad_req = 150, bad_at = x.reqs[bad_req].n_cands - 1;
+    x.cands[(size_t)bad_req * x.M + bad_at] = m->cfg.n_items;
+    char gerr[CM_ERRSZ] = "", cerr[CM_ERRSZ] = "";
+    batch_outputs(&x, x.gpu_s, x.gpu_u); /* NaN */
+    ck_assert_int_eq(gp_engine_score(four, x.reqs, x.B, gerr, sizeof gerr), -1);
+    ck_assert_int_eq(lm_requests_check(&m->cfg, THR_B, MID_M, x.reqs, x.B, cerr, sizeof cerr), -1);
+    printf("threads     bad id in request %d: GPU \"%s\", CPU \"%s\"\n", bad_req, gerr, cerr);
+    ck_assert_str_eq(gerr, cerr);
+    for (size_t i = 0; i < (size_t)x.B * x.M; i++)
+        ck_assert_msg(isnan(x.gpu_s[i]), "score %zu written by a refused call", i);
+    gp_engine_free(four);
+    gp_engine_free(one);
+    batch_free(&x);
+    lm_model_free(m);
 }
 END_TEST
 
@@ -1021,6 +1073,7 @@ static Suite *gpu_suite(void)
     tcase_add_loop_test(tcase(s, "retrieval_big", "big"), test_retrieval, N_SMALL, N_PARITY);
     tcase_add_test(tcase(s, "validation", "sanitize"), test_validation);
     tcase_add_test(tcase(s, "graphs", "sanitize"), test_graphs);
+    tcase_add_test(tcase(s, "threads", "big"), test_threads);
     tcase_add_test(tcase(s, "scorer", "big"), test_scorer);
     return s;
 }
