@@ -1470,8 +1470,9 @@ struct gp_fast {
     size_t wg_smem;
     uint8_t *stream;             /* FW::stream and its offsets, where wg_cand */
     /* the split path (d_model 128 and 256), NULL where there is none */
-    kern_t split_hist, split_cand;
+    kern_t split_hist, split_cand, split_cand_many;
     size_t split_hsmem, split_csmem;
+    int split_fit; /* split_cand's blocks resident at once on the GPU */
     unsigned long long *flags; /* per request: the history's layers done, call << 8 | n */
     int pdl;                   /* sm_90: candidates launched alongside the history */
     int mode;        /* FAST_AUTO, FAST_ROWS, FAST_SPLIT */
@@ -1493,6 +1494,7 @@ template <int D> static void pick_split(gp_fast *f, int d_ffn)
 {
     f->split_hist = split_kernel<D, true, 1>;
     f->split_cand = split_kernel<D, false, 1>;
+    f->split_cand_many = split_kernel<D, false, 4>;
     f->split_hsmem = SCfg<D>::smem(true, d_ffn);
     f->split_csmem = SCfg<D>::smem(false, d_ffn);
     f->split_below = D == 128 ? SPLIT_TILES : INT_MAX;
@@ -1695,6 +1697,15 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
         GP_TRY(cudaFuncSetAttribute((const void *)s->split_cand, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     (int)s->split_csmem),
                "shared memory of the split candidate kernel");
+        GP_TRY(cudaFuncSetAttribute((const void *)s->split_cand_many, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)s->split_csmem),
+               "shared memory of the split candidate kernel");
+        int per_sm = 0, sms = 0;
+        GP_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, (const void *)s->split_cand, 4 * 32,
+                                                             s->split_csmem),
+               "occupancy of the split candidate kernel");
+        GP_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "the GPU's SM count");
+        s->split_fit = per_sm * sms;
     }
     GP_TRY(cudaDeviceSynchronize(), "fast-path weight conversion");
     *out = s;
@@ -1739,7 +1750,11 @@ int gp_fast_run(gp_fast *s, cudaStream_t st, const gp_batch *b, char *err, size_
     lc.gridDim = dim3(split ? 4 * b->n_tiles : b->n_tiles);
     const bool wg = !split && s->wg_cand && (s->mode == FAST_AUTO || s->mode == FAST_WGMMA);
     lc.dynamicSmemBytes = split ? s->split_csmem : wg ? s->wg_smem : s->csmem;
-    const kern_t cand = split ? s->split_cand : wg ? s->wg_cand : b->n_tiles < FEW_TILES ? s->cand_few : s->cand;
+    /* the split way's candidates: registers uncapped (2 blocks an SM at d_model 128 and 256) while the grid
+     * fits the GPU at once, else capped for 4 an SM, spills and all (H200: student B=16 104 -> 86-89 us,
+     * B=1 36 -> 38-40 us were it capped; bench/NOTES.md) */
+    const kern_t split_cand = 4 * b->n_tiles <= s->split_fit ? s->split_cand : s->split_cand_many;
+    const kern_t cand = split ? split_cand : wg ? s->wg_cand : b->n_tiles < FEW_TILES ? s->cand_few : s->cand;
     return gp_cuda_err(cudaLaunchKernelEx(&lc, cand, (const FW *)s->d_w, *b, s->kv, s->flags), "candidate kernel",
                        err, errsz);
 }
