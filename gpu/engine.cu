@@ -474,6 +474,14 @@ static int sizes_ok(const lm_config *c, const gp_opts *o, const lm_request *reqs
     return 1;
 }
 
+/* A bad batch is refused with lm_requests_check's message, as on the CPU. */
+static int refuse(const gp_engine *e, const lm_request *reqs, int n, char *err, size_t errsz)
+{
+    if (lm_requests_check(&e->m->cfg, e->o.max_batch, e->o.max_cands, reqs, n, err, errsz) == 0)
+        cm_errf(err, errsz, "internal: the GPU engine refused a batch that lm_requests_check takes");
+    return -1;
+}
+
 static long long now_ns(void)
 {
     struct timespec ts;
@@ -485,10 +493,8 @@ int gp_engine_score(gp_engine *e, const lm_request *reqs, int n, char *err, size
 {
     const long long t0 = now_ns();
     const lm_config *c = &e->m->cfg;
-    /* a bad batch gets lm_requests_check's message, as on the CPU */
     if (!sizes_ok(c, &e->o, reqs, n))
-        return lm_requests_check(c, e->o.max_batch, e->o.max_cands, reqs, n, err, errsz) ? -1
-               : cm_errf(err, errsz, "internal: a batch the engine refused passed lm_requests_check");
+        return refuse(e, reqs, n, err, errsz);
     if (n == 0)
         return 0;
     const int mh = c->max_hist, d = c->d_model;
@@ -518,10 +524,8 @@ int gp_engine_score(gp_engine *e, const lm_request *reqs, int n, char *err, size
     }
     copy_job job = {e, reqs, n, mh, d, c->n_items, c->n_actions, hi, ha, cd, NULL, NULL, 0};
     run_copies(e, &job, total, stage_task);
-    if (job.bad) {
-        lm_requests_check(c, e->o.max_batch, e->o.max_cands, reqs, n, err, errsz);
-        return -1;
-    }
+    if (__atomic_load_n(&job.bad, __ATOMIC_RELAXED)) /* nothing written: the answers are copied out last */
+        return refuse(e, reqs, n, err, errsz);
     *call = ++e->calls;
     cudaGraphExec_t ex = NULL;
     const long long t1 = now_ns();
