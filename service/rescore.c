@@ -316,9 +316,12 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     (void)rk;
     rescore *r = opaque;
     r->undelivered--;
-    if (m->err && !r->produce_err[0])
+    /* a success without an offset is the idempotent producer's inference, not
+     * the broker's acknowledgement (service/serve.c, on_delivery): the job
+     * stops as on an error and resumes from its checkpoint */
+    if ((m->err || m->offset < 0) && !r->produce_err[0])
         snprintf(r->produce_err, sizeof r->produce_err, "produce to %s: %s", r->o->output_topic,
-                 rd_kafka_err2str(m->err));
+                 m->err ? rd_kafka_err2str(m->err) : "delivered without an offset (not acknowledged by the broker)");
 }
 
 static int write_all(rescore *r, char *err, size_t errsz)
