@@ -66,10 +66,12 @@ template <int D> constexpr int cand_blocks() { return D <= 128 ? 3 : 1; }
 constexpr int FEW_TILES = 128;
 /* Student-width batches of fewer candidate tiles than this take the split
  * way (split_kernel); the teacher's take it at every size. Measured on an
- * H200 (bench/NOTES.md): B=32 (256 tiles) 173 us split against 185 rows,
- * B=64 (512 tiles) 306 against 299; teacher split 1.3-3.1x faster at every
- * B from 1 to 512. */
-constexpr int SPLIT_TILES = 384;
+ * H200 since the split way's large grids run capped (bench/NOTES.md), 512
+ * candidates a user: B=48 (384 tiles) 174 us split against 191 wgmma, B=64
+ * (512 tiles) 208 against 240, B=96 (768 tiles) 320 against 298; so the
+ * line is between 512 and 768 tiles, here half way. Teacher split 1.3-3.1x
+ * faster than rows at every B from 1 to 512. */
+constexpr int SPLIT_TILES = 640;
 static_assert(ROWS == GP_TILE, "a candidate tile is one block");
 static_assert(MAXK == ROWS, "a history is one block");
 
