@@ -5,8 +5,8 @@
  * B = 1, 16, 128 and 512; random int8 models (written in fp32, then
  * quantized). Also the retrieval head: top-100 of the catalog, B = 1 and 512;
  * and serving-like calls whose candidate counts vary from call to call (a
- * filtered list: VARIED_MIN .. N_CANDS per request), B = 1 and 16, where a
- * batch shape rarely repeats (gpu/engine.cu: graphs per shape).
+ * filtered list: VARIED_MIN .. N_CANDS per request), B = 1 and 16, whose
+ * candidate tiles stay the same (gpu/engine.cu: graphs per shape).
  *
  * A figure is the median wall time of gp_engine_score (or _retrieve), which
  * returns with the answers in host memory, over repeated calls after

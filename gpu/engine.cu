@@ -21,11 +21,13 @@
 #define N_SEEN 128  /* shapes seen once, the latest: their next call captures a graph */
 #define STAGE_THREADS 4 /* host threads for a call's copies, at most: a memcpy's bandwidth gains little past */
 
-/* A batch shape: requests, candidate tiles, candidates. It fixes every
- * size, offset and grid of a score call; what changes from call to call
- * of one shape is in the staged input. */
+/* A batch shape: requests and candidate tiles. It fixes every size,
+ * offset and grid of a score call (the candidates and their scores are
+ * staged and copied at the tiles' capacity, GP_TILE each); what changes
+ * from call to call of one shape, candidate counts included, is in the
+ * staged input. */
 typedef struct gp_shape {
-    int n, tiles, total;
+    int n, tiles;
 } gp_shape;
 
 /* A score call's copies and kernels, captured for its shape. */
@@ -233,10 +235,11 @@ static void staging_sizes(gp_engine *e)
     const lm_config *c = &e->m->cfg;
     const size_t B = (size_t)e->o.max_batch, d = (size_t)c->d_model;
     e->max_tiles = e->o.max_batch * ((e->o.max_cands + GP_TILE - 1) / GP_TILE);
-    size_t score_in = sizeof(int32_t) * (B + 2 * B * c->max_hist + B * e->o.max_cands) +
-                      sizeof(int4) * (size_t)e->max_tiles + sizeof(unsigned long long) + 96;
+    const size_t cap = (size_t)e->max_tiles * GP_TILE; /* candidates at the tiles' capacity */
+    size_t score_in = sizeof(int32_t) * (B + 2 * B * c->max_hist + cap) + sizeof(int4) * (size_t)e->max_tiles +
+                      sizeof(unsigned long long) + 96;
     size_t retr_in = sizeof(float) * B * d + sizeof(int32_t) * (B + 1 + B * e->o.max_exclude) + 64;
-    size_t score_out = sizeof(float) * (B * d + B * e->o.max_cands) + 64;
+    size_t score_out = sizeof(float) * (B * d + cap) + 64;
     size_t retr_out = (sizeof(int32_t) + sizeof(float)) * B * e->o.max_k + sizeof(int32_t) * B + 64;
     e->in_bytes = score_in > retr_in ? score_in : retr_in;
     e->out_bytes = score_out > retr_out ? score_out : retr_out;
@@ -327,15 +330,16 @@ static int score_enqueue(gp_engine *e, const gp_batch *b, size_t in_bytes, size_
                        "copying scores", err, errsz);
 }
 
-static int same_shape(gp_shape a, gp_shape b) { return a.n == b.n && a.tiles == b.tiles && a.total == b.total; }
+static int same_shape(gp_shape a, gp_shape b) { return a.n == b.n && a.tiles == b.tiles; }
 
 /* The graph of this shape's score call (1, in *ex), or 0 where the call
  * should launch its steps directly, or -1 on an error. A call is two
  * copies and two kernels; one graph launch replaces the four (student B=1
  * on an H200: 36 against 44 us a call, bench/NOTES.md). A shape gets its
  * graph at its second call: capturing and instantiating are host work one
- * replay would not repay, and where candidate counts vary (filtered lists)
- * many shapes come once. */
+ * replay would not repay, and shapes that come once are never captured.
+ * Candidate counts that vary within the same tiles (filtered lists) keep
+ * their shape. */
 static int score_graph(gp_engine *e, gp_shape sh, const gp_batch *b, size_t in_bytes, size_t out_bytes,
                        cudaGraphExec_t *ex, char *err, size_t errsz)
 {
@@ -509,10 +513,11 @@ int gp_engine_score(gp_engine *e, const lm_request *reqs, int n, char *err, size
     int32_t *hi = (int32_t *)stage_take(&in, sizeof(int32_t) * n * mh, (void **)&b.hist_items);
     int32_t *ha = (int32_t *)stage_take(&in, sizeof(int32_t) * n * mh, (void **)&b.hist_actions);
     int4 *tl = (int4 *)stage_take(&in, sizeof(int4) * tiles, (void **)&b.tiles);
-    int32_t *cd = (int32_t *)stage_take(&in, sizeof(int32_t) * total, (void **)&b.cands);
     unsigned long long *call = (unsigned long long *)stage_take(&in, sizeof(unsigned long long), (void **)&b.call);
+    /* last, at the tiles' capacity: the copies' sizes depend on the shape alone */
+    int32_t *cd = (int32_t *)stage_take(&in, sizeof(int32_t) * GP_TILE * tiles, (void **)&b.cands);
     float *uv = (float *)stage_take(&out, sizeof(float) * n * d, (void **)&b.user_vec);
-    float *sc = (float *)stage_take(&out, sizeof(float) * total, (void **)&b.scores);
+    float *sc = (float *)stage_take(&out, sizeof(float) * GP_TILE * tiles, (void **)&b.scores);
     int at = 0, t = 0;
     for (int i = 0; i < n; i++) {
         const lm_request *r = &reqs[i];
@@ -529,7 +534,7 @@ int gp_engine_score(gp_engine *e, const lm_request *reqs, int n, char *err, size
     *call = ++e->calls;
     cudaGraphExec_t ex = NULL;
     const long long t1 = now_ns();
-    const int g = e->graphs ? score_graph(e, (gp_shape){n, tiles, total}, &b, in.off, out.off, &ex, err, errsz) : 0;
+    const int g = e->graphs ? score_graph(e, (gp_shape){n, tiles}, &b, in.off, out.off, &ex, err, errsz) : 0;
     if (g < 0 || (g ? gp_cuda_err(cudaGraphLaunch(ex, e->st), "launching a graph", err, errsz)
                     : score_enqueue(e, &b, in.off, out.off, err, errsz)))
         return -1;
