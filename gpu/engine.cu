@@ -463,21 +463,6 @@ static void run_copies(gp_engine *e, copy_job *j, int total, lm_task_fn fn)
             fn(j, t, 0);
 }
 
-/* What the copies need to be safe: the batch's size, each request's
- * lengths and arrays. The ids are checked as they are copied. */
-static int sizes_ok(const lm_config *c, const gp_opts *o, const lm_request *reqs, int n)
-{
-    if (n < 0 || n > o->max_batch)
-        return 0;
-    for (int i = 0; i < n; i++) {
-        const lm_request *r = &reqs[i];
-        if (r->n_hist < 0 || r->n_hist > c->max_hist || r->n_cands < 0 || r->n_cands > o->max_cands ||
-            (r->n_hist && (!r->hist_items || !r->hist_actions)) || (r->n_cands && (!r->cands || !r->scores)))
-            return 0;
-    }
-    return 1;
-}
-
 /* A bad batch is refused with lm_requests_check's message, as on the CPU. */
 static int refuse(const gp_engine *e, const lm_request *reqs, int n, char *err, size_t errsz)
 {
@@ -497,7 +482,7 @@ int gp_engine_score(gp_engine *e, const lm_request *reqs, int n, char *err, size
 {
     const long long t0 = now_ns();
     const lm_config *c = &e->m->cfg;
-    if (!sizes_ok(c, &e->o, reqs, n))
+    if (!lm_requests_sizes_ok(c, e->o.max_batch, e->o.max_cands, reqs, n)) /* the ids: as they are copied */
         return refuse(e, reqs, n, err, errsz);
     if (n == 0)
         return 0;

@@ -359,6 +359,26 @@ static int check_ids(const int32_t *ids, int n, int lim, int req, const char *wh
     return 0;
 }
 
+/* Request i's lengths and arrays: -1 with the message (err may be NULL). */
+static int check_sizes(const lm_config *c, int max_cands, const lm_request *r, int i, char *err, size_t errsz)
+{
+    if (r->n_hist < 0 || r->n_hist > c->max_hist)
+        return cm_errf(err, errsz, "request %d: history length %d, the model takes 0..%d", i, r->n_hist,
+                       c->max_hist);
+    if (r->n_cands < 0 || r->n_cands > max_cands)
+        return cm_errf(err, errsz, "request %d: %d candidates, this scorer takes 0..%d", i, r->n_cands,
+                       max_cands);
+    const char *missing = r->n_hist && !r->hist_items     ? "hist_items"
+                          : r->n_hist && !r->hist_actions ? "hist_actions"
+                          : r->n_cands && !r->cands       ? "cands"
+                          : r->n_cands && !r->scores      ? "scores" : NULL;
+    if (missing)
+        return cm_errf(err, errsz, "request %d: %s is NULL with %d %s", i, missing,
+                       r->n_hist && missing[0] == 'h' ? r->n_hist : r->n_cands,
+                       missing[0] == 'h' ? "history events" : "candidates");
+    return 0;
+}
+
 int lm_requests_check(const lm_config *c, int max_batch, int max_cands, const lm_request *reqs, int n,
                       char *err, size_t errsz)
 {
@@ -366,26 +386,23 @@ int lm_requests_check(const lm_config *c, int max_batch, int max_cands, const lm
         return cm_errf(err, errsz, "batch of %d requests, this scorer takes 0..%d", n, max_batch);
     for (int i = 0; i < n; i++) {
         const lm_request *r = &reqs[i];
-        if (r->n_hist < 0 || r->n_hist > c->max_hist)
-            return cm_errf(err, errsz, "request %d: history length %d, the model takes 0..%d", i,
-                           r->n_hist, c->max_hist);
-        if (r->n_cands < 0 || r->n_cands > max_cands)
-            return cm_errf(err, errsz, "request %d: %d candidates, this scorer takes 0..%d", i,
-                           r->n_cands, max_cands);
-        const char *missing = r->n_hist && !r->hist_items     ? "hist_items"
-                              : r->n_hist && !r->hist_actions ? "hist_actions"
-                              : r->n_cands && !r->cands       ? "cands"
-                              : r->n_cands && !r->scores      ? "scores" : NULL;
-        if (missing)
-            return cm_errf(err, errsz, "request %d: %s is NULL with %d %s", i, missing,
-                           r->n_hist && missing[0] == 'h' ? r->n_hist : r->n_cands,
-                           missing[0] == 'h' ? "history events" : "candidates");
-        if (check_ids(r->hist_items, r->n_hist, c->n_items, i, "hist_items", err, errsz) ||
+        if (check_sizes(c, max_cands, r, i, err, errsz) ||
+            check_ids(r->hist_items, r->n_hist, c->n_items, i, "hist_items", err, errsz) ||
             check_ids(r->hist_actions, r->n_hist, c->n_actions, i, "hist_actions", err, errsz) ||
             check_ids(r->cands, r->n_cands, c->n_items, i, "cands", err, errsz))
             return -1;
     }
     return 0;
+}
+
+int lm_requests_sizes_ok(const lm_config *c, int max_batch, int max_cands, const lm_request *reqs, int n)
+{
+    if (n < 0 || n > max_batch)
+        return 0;
+    for (int i = 0; i < n; i++)
+        if (check_sizes(c, max_cands, &reqs[i], i, NULL, 0))
+            return 0;
+    return 1;
 }
 
 /* Chunks small enough that every thread gets about two, large enough to

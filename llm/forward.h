@@ -55,6 +55,12 @@ int lm_scorer_run(lm_scorer *s, const lm_request *reqs, int n, char *err, size_t
 int lm_requests_check(const lm_config *c, int max_batch, int max_cands, const lm_request *reqs, int n,
                       char *err, size_t errsz);
 
+/* lm_requests_check without the ids: 1 when the batch's size and every
+ * request's lengths and arrays are right, so that its arrays can be read
+ * (gpu/engine.cu checks the ids as it copies them, then asks
+ * lm_requests_check for the message). */
+int lm_requests_sizes_ok(const lm_config *c, int max_batch, int max_cands, const lm_request *reqs, int n);
+
 const lm_model *lm_scorer_model(const lm_scorer *s);
 const lm_kern *lm_scorer_kern(const lm_scorer *s);
 lm_pool *lm_scorer_pool(lm_scorer *s); /* for lm_retriever, which shares the threads */
