@@ -27,9 +27,10 @@
  * shares; candidate warps never wait for each other, and their blocks need
  * no shared memory for keys and values, so that 3 fit on an SM.
  * The arithmetic is gpu/score.cu's (the CPU's W8A8 rule, the FFN's hidden
- * layer quantized per 128 columns) but for the order of some float sums
- * and the hidden layer's GELU and quantization, here in half2
- * (hidden_chunk). make test-gpu checks both against the CPU.
+ * layer quantized per 128 columns; the split way quantizes whole rows, as
+ * the CPU) but for the order of some float sums and the hidden layer's
+ * GELU and quantization, here in half2 (gelu_tiles). make test-gpu checks
+ * both against the CPU.
  *
  * On sm_90a, at d_model 128, large batches' candidates run this kernel as
  * the wgmma way (WG): its products as warpgroup MMAs on weight chunks
@@ -281,8 +282,15 @@ struct Ring {
     }
 };
 
-/* One product of the rows way: from the stream (WG) or by mma.sync with
- * fragments from global memory (mma_tiles' arguments). */
+template <int N> __device__ __forceinline__ void zero(int (&acc)[N][4])
+{
+#pragma unroll
+    for (int j = 0; j < N; j++)
+        acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0;
+}
+
+/* acc += A . W^T, one product of the rows way: from the stream (WG) or by
+ * mma.sync with fragments from global memory (mma_tiles' arguments). */
 template <bool WG, int NTL, int KSL>
 __device__ __forceinline__ void product(int (&acc)[NTL][4], const uint32_t (&a)[KSL][4], const uint4 *__restrict__ W,
                                         int kpt, int nt0, int kp0, Ring &r)
@@ -294,13 +302,6 @@ __device__ __forceinline__ void product(int (&acc)[NTL][4], const uint32_t (&a)[
         r.next<8 * NTL, KSL>(acc, a);
     else
         mma_tiles<NTL, KSL>(acc, a, W, kpt, nt0, kp0);
-}
-
-template <int N> __device__ __forceinline__ void zero(int (&acc)[N][4])
-{
-#pragma unroll
-    for (int j = 0; j < N; j++)
-        acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0;
 }
 
 /* (float)sum * (s_row * s_col) + bias for tile j's four accumulators;
@@ -433,23 +434,20 @@ __device__ __forceinline__ uint32_t q8h2(__half2 v, __half2 mul)
     return *(const uint32_t *)&r;
 }
 
-/* The up-projection's epilogue for one 128-column chunk of the FFN's hidden
- * layer (acc: 16 n8 tiles of the warp's 16 rows; s, bias: the chunk's
- * column scales and biases; r0, r1: rows g and g + 8's activation scales):
- * dequantized in fp32 as everywhere, then GELU, the rows' maxima and the
- * int8 quantization per row and chunk in packed half2: by count some 40%
- * fewer instructions than in fp32 (the kernel's fell 8%, bench/NOTES.md). Out: the down-projection's A
- * fragments of the chunk's 4 k-steps (pi order, as afrag) and the rows'
- * scales. */
-__device__ __forceinline__ void hidden_chunk(const int (&acc)[16][4], float r0, float r1, const float *__restrict__ s,
-                                             const float *__restrict__ bias, uint32_t (&a2)[4][4], float &sc0,
-                                             float &sc1)
+/* The up-projection's epilogue for NTL n8 tiles of the FFN's hidden layer
+ * (acc: the warp's 16 rows; s, bias: the tiles' column scales and biases;
+ * r0, r1: rows g and g + 8's activation scales): dequantized in fp32 as
+ * everywhere, then GELU in packed half2, into h [tile][row g, row g + 8];
+ * the rows' |maxima| so far in am0, am1. By count some 40% fewer
+ * instructions than in fp32 (the kernel's fell 8%, bench/NOTES.md). */
+template <int NTL>
+__device__ __forceinline__ void gelu_tiles(const int (&acc)[NTL][4], float r0, float r1, const float *__restrict__ s,
+                                           const float *__restrict__ bias, __half2 (&h)[NTL][2], __half2 &am0,
+                                           __half2 &am1)
 {
     const int t = threadIdx.x & 3;
-    __half2 h[16][2]; /* [tile][row g, row g + 8] */
-    __half2 am0 = __float2half2_rn(0.0f), am1 = am0;
 #pragma unroll
-    for (int j = 0; j < 16; j++) {
+    for (int j = 0; j < NTL; j++) {
         const int c = j * 8 + t * 2;
         const float2 sc = __ldg((const float2 *)(s + c)), b = __ldg((const float2 *)(bias + c));
         h[j][0] = gelu2(h2sat((float)acc[j][0] * (r0 * sc.x) + b.x, (float)acc[j][1] * (r0 * sc.y) + b.y));
@@ -457,15 +455,34 @@ __device__ __forceinline__ void hidden_chunk(const int (&acc)[16][4], float r0, 
         am0 = __hmax2(am0, __habs2(h[j][0]));
         am1 = __hmax2(am1, __habs2(h[j][1]));
     }
+}
+
+/* One A-fragment word (pi order, as afrag) from a row's halves of two
+ * adjacent n8 tiles, quantized by mul. */
+__device__ __forceinline__ uint32_t q8w(__half2 lo, __half2 hi, __half2 mul)
+{
+    return __byte_perm(q8h2(lo, mul), q8h2(hi, mul), 0x6420);
+}
+
+/* The rows way's hidden layer, one 128-column chunk at a time (acc: its 16
+ * n8 tiles), quantized per row and chunk: out, the down-projection's A
+ * fragments of the chunk's 4 k-steps and the rows' scales. */
+__device__ __forceinline__ void hidden_chunk(const int (&acc)[16][4], float r0, float r1, const float *__restrict__ s,
+                                             const float *__restrict__ bias, uint32_t (&a2)[4][4], float &sc0,
+                                             float &sc1)
+{
+    __half2 h[16][2];
+    __half2 am0 = __float2half2_rn(0.0f), am1 = am0;
+    gelu_tiles<16>(acc, r0, r1, s, bias, h, am0, am1);
     const float2 m0 = __half22float2(am0), m1 = __half22float2(am1);
     const Quant q0 = quant_of_half(gp_quad_max(fmaxf(m0.x, m0.y))), q1 = quant_of_half(gp_quad_max(fmaxf(m1.x, m1.y)));
     const __half2 mul0 = __float2half2_rn(q0.mul), mul1 = __float2half2_rn(q1.mul);
 #pragma unroll
     for (int ks = 0; ks < 4; ks++) {
-        a2[ks][0] = __byte_perm(q8h2(h[4 * ks][0], mul0), q8h2(h[4 * ks + 1][0], mul0), 0x6420);
-        a2[ks][1] = __byte_perm(q8h2(h[4 * ks][1], mul1), q8h2(h[4 * ks + 1][1], mul1), 0x6420);
-        a2[ks][2] = __byte_perm(q8h2(h[4 * ks + 2][0], mul0), q8h2(h[4 * ks + 3][0], mul0), 0x6420);
-        a2[ks][3] = __byte_perm(q8h2(h[4 * ks + 2][1], mul1), q8h2(h[4 * ks + 3][1], mul1), 0x6420);
+        a2[ks][0] = q8w(h[4 * ks][0], h[4 * ks + 1][0], mul0);
+        a2[ks][1] = q8w(h[4 * ks][1], h[4 * ks + 1][1], mul1);
+        a2[ks][2] = q8w(h[4 * ks + 2][0], h[4 * ks + 3][0], mul0);
+        a2[ks][3] = q8w(h[4 * ks + 2][1], h[4 * ks + 3][1], mul1);
     }
     sc0 = q0.scale;
     sc1 = q1.scale;
@@ -1029,21 +1046,24 @@ __global__ void __launch_bounds__(THREADS, MINB)
  * (one per 16 tokens, on 4 SMs): each writes its keys and values of a layer
  * to the cache, the cluster meets at its barrier (release, acquire), and
  * each reads the keys and values it attends to back from the cache, as the
- * candidates do. The arithmetic is fast_kernel's, but for two float orders:
- * LayerNorm's variance as E[x^2] - mean^2 (one round of sums) and the
- * attention output quantized from fp32 rather than fp16. The candidate
+ * candidates do. The arithmetic is fast_kernel's, but for two float orders
+ * (LayerNorm's variance as E[x^2] - mean^2, one round of sums; the
+ * attention output quantized from fp32 rather than fp16) and the FFN's
+ * hidden layer, held whole in shared memory and quantized per whole row
+ * (the rows way: per row and 128-column chunk). The candidate
  * kernel reads the cache either history kernel writes. Hopper and later
  * (clusters); gp_fast_new keeps to fast_kernel elsewhere. */
 template <int D> struct SCfg {
     static constexpr int DH = D / 4, SNT = DH / 8, KS = D / 32, SKS = DH / 32, QK = DH / 16, LDK = DH + 8;
     /* a warp's keys and values of its head for the block's 16 rows */
     static constexpr size_t stage_bytes = (size_t)2 * 16 * LDK * 2;
-    /* A fragments of D columns, of the f hidden columns, the hidden chunks'
-     * row scales, the cross-warp partials; a history block's staging */
+    /* A fragments of D columns; the f hidden columns in fp16 (A-fragment
+     * order, until their rows' maxima are known), then their int8 A
+     * fragments in place; the cross-warp partials; a history block's
+     * staging */
     static __host__ __device__ constexpr size_t smem(bool hist, int f)
     {
-        return (size_t)KS * 512 + (size_t)f / 32 * 512 + (size_t)f / 128 * 64 + 2 * 4 * 16 * 8 +
-               (hist ? 4 * stage_bytes : 0);
+        return (size_t)KS * 512 + (size_t)f / 32 * 1024 + 2 * 4 * 16 * 8 + (hist ? 4 * stage_bytes : 0);
     }
     static_assert(SKS >= 1 && DH % 32 == 0, "a head is whole k-steps");
 };
@@ -1204,9 +1224,11 @@ __global__ void __launch_bounds__(4 * 32, MINB)
             pdl_wait_primary();
         return;
     }
-    uint4 *A = (uint4 *)sm, *Ah = A + KS * 32;
-    float *hs = (float *)(Ah + (size_t)f / 32 * 32);
-    float2 *part = (float2 *)(hs + (size_t)f / 128 * 16);
+    /* Hs: k-step kq of the hidden layer in fp16 at entries 2 kq, 2 kq + 1;
+     * its int8 A fragments then go over entry 2 kq, which only the lane
+     * that wrote it reads */
+    uint4 *A = (uint4 *)sm, *Hs = A + KS * 32;
+    float2 *part = (float2 *)(Hs + (size_t)f / 32 * 64);
     /* HIST: warp c's keys and values of head c for the block's rows */
     __half *Kst = (__half *)(part + 2 * 4 * 16) + (size_t)c * 2 * 16 * LDK, *Vst = Kst + 16 * LDK;
     const int tok0 = row0 + g, tok1 = tok0 + 8;
@@ -1328,42 +1350,66 @@ __global__ void __launch_bounds__(4 * 32, MINB)
             }
         }
         /* x += down(gelu(up(LN2(x)))): up and GELU of hidden chunks c, c + 4,
-         * ...; down of the warp's slice over every chunk */
+         * ... (64 columns at a time), in fp16 to Hs; quantized per whole row,
+         * as on the CPU, once the row's maximum is known; down of the warp's
+         * slice over every chunk, summed in int32, dequantized once */
         ln_quant_split<D>(x, ly.ln2_w, ly.ln2_b, A, part, round, a, sr0, sr1);
+        __half2 hm0 = __float2half2_rn(0.0f), hm1 = hm0;
 #pragma unroll 1
-        for (int ch = c; ch < f / 128; ch += 4) {
-            int acc[16][4];
+        for (int u = 2 * c; u < f / 64; u += u & 1 ? 7 : 1) { /* the warp's 64-column units: 2c, 2c + 1, 2c + 8, ... */
+            int acc[8][4];
             zero(acc);
-            mma_tiles<16, KS>(acc, a, ly.up, KS / 2, ch * 16, 0);
-            uint32_t v[4][4];
-            float hs0, hs1;
-            hidden_chunk(acc, sr0, sr1, ly.up_s + ch * 128, ly.up_b + ch * 128, v, hs0, hs1);
+            mma_tiles<8, KS>(acc, a, ly.up, KS / 2, u * 8, 0);
+            __half2 h[8][2];
+            gelu_tiles<8>(acc, sr0, sr1, ly.up_s + u * 64, ly.up_b + u * 64, h, hm0, hm1);
 #pragma unroll
-            for (int ks = 0; ks < 4; ks++)
-                Ah[(ch * 4 + ks) * 32 + lane] = make_uint4(v[ks][0], v[ks][1], v[ks][2], v[ks][3]);
-            if (t == 0) {
-                hs[ch * 16 + g] = hs0;
-                hs[ch * 16 + g + 8] = hs1;
+            for (int i = 0; i < 2; i++) { /* its two k-steps */
+                const int kq = u * 2 + i;
+                Hs[(2 * kq) * 32 + lane] = make_uint4(*(uint32_t *)&h[4 * i][0], *(uint32_t *)&h[4 * i + 1][0],
+                                                      *(uint32_t *)&h[4 * i][1], *(uint32_t *)&h[4 * i + 1][1]);
+                Hs[(2 * kq + 1) * 32 + lane] =
+                    make_uint4(*(uint32_t *)&h[4 * i + 2][0], *(uint32_t *)&h[4 * i + 3][0],
+                               *(uint32_t *)&h[4 * i + 2][1], *(uint32_t *)&h[4 * i + 3][1]);
             }
         }
-        __syncthreads(); /* every chunk's A fragments */
+        float hsc0, hsc1; /* the hidden rows' scales */
+        {
+            const float2 m0 = __half22float2(hm0), m1 = __half22float2(hm1);
+            const float4 mx = across<true>(fmaxf(m0.x, m0.y), 0.0f, fmaxf(m1.x, m1.y), 0.0f, part, round);
+            const Quant q0 = quant_of_half(mx.x), q1 = quant_of_half(mx.z);
+            const __half2 mul0 = __float2half2_rn(q0.mul), mul1 = __float2half2_rn(q1.mul);
+            hsc0 = q0.scale;
+            hsc1 = q1.scale;
+            /* the warp's own k-steps (each lane reads what it wrote) */
 #pragma unroll 1
-        for (int ch = 0; ch < f / 128; ch++) {
-            uint32_t a2[4][4];
+            for (int u = 2 * c; u < f / 64; u += u & 1 ? 7 : 1)
 #pragma unroll
-            for (int ks = 0; ks < 4; ks++) {
-                const uint4 u = Ah[(ch * 4 + ks) * 32 + lane];
-                a2[ks][0] = u.x, a2[ks][1] = u.y, a2[ks][2] = u.z, a2[ks][3] = u.w;
-            }
+                for (int i = 0; i < 2; i++) {
+                    const int kq = u * 2 + i;
+                    const uint4 lo = Hs[(2 * kq) * 32 + lane], hi = Hs[(2 * kq + 1) * 32 + lane];
+                    const __half2 *l = (const __half2 *)&lo, *h = (const __half2 *)&hi;
+                    Hs[(2 * kq) * 32 + lane] = make_uint4(q8w(l[0], l[1], mul0), q8w(l[2], l[3], mul1),
+                                                          q8w(h[0], h[1], mul0), q8w(h[2], h[3], mul1));
+                }
+        }
+        __syncthreads(); /* every k-step's A fragments */
+        {
             int dacc[SNT][4];
             zero(dacc);
-            mma_tiles<SNT, 4>(dacc, a2, ly.down, f / 64, c * SNT, ch * 2);
-            const float s0 = hs[ch * 16 + g], s1 = hs[ch * 16 + g + 8];
+#pragma unroll 1
+            for (int ch = 0; ch < f / 128; ch++) {
+                uint32_t a2[4][4];
+#pragma unroll
+                for (int ks = 0; ks < 4; ks++) {
+                    const uint4 u = Hs[(2 * (ch * 4 + ks)) * 32 + lane];
+                    a2[ks][0] = u.x, a2[ks][1] = u.y, a2[ks][2] = u.z, a2[ks][3] = u.w;
+                }
+                mma_tiles<SNT, 4>(dacc, a2, ly.down, f / 64, c * SNT, ch * 2);
+            }
 #pragma unroll
             for (int j = 0; j < SNT; j++) {
                 const int col = (c * SNT + j) * 8 + t * 2;
-                const float2 bb = ch == 0 ? ldg2(ly.down_b + col) : make_float2(0.0f, 0.0f);
-                const float4 y = deq(dacc[j], s0, s1, ldg2(ly.down_s + col), bb);
+                const float4 y = deq(dacc[j], hsc0, hsc1, ldg2(ly.down_s + col), ldg2(ly.down_b + col));
                 x[j] = make_float4(x[j].x + y.x, x[j].y + y.y, x[j].z + y.z, x[j].w + y.w);
             }
         }
