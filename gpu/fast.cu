@@ -210,21 +210,25 @@ __device__ __forceinline__ void afrag(uint32_t (&a)[4], const float4 &v0, const 
 }
 
 /* acc[j] += A . W^T for n8 tiles nt0 + j of W (fragment order, kpt k-pairs
- * per tile), over KSL k-steps from k-pair kp0. */
+ * per tile), over KSL k-steps from k-pair kp0. Two tiles at a time, their
+ * MMAs alternating, so that no MMA waits on the one before it (int32 sums:
+ * the order changes no bit). */
 template <int NTL, int KSL>
 __device__ __forceinline__ void mma_tiles(int (&acc)[NTL][4], const uint32_t (&a)[KSL][4], const uint4 *__restrict__ W,
                                           int kpt, int nt0, int kp0)
 {
-    static_assert(KSL % 2 == 0, "k-steps come in pairs");
-    const int lane = threadIdx.x & 31;
+    static_assert(KSL % 2 == 0 && NTL % 2 == 0, "k-steps and tiles come in pairs");
+    const uint4 *w = W + ((size_t)nt0 * kpt + kp0) * 32 + (threadIdx.x & 31);
+    const size_t ts = (size_t)kpt * 32; /* from one n8 tile to the next */
 #pragma unroll
-    for (int j = 0; j < NTL; j++) {
-        const uint4 *w = W + ((size_t)(nt0 + j) * kpt + kp0) * 32 + lane;
+    for (int j = 0; j < NTL; j += 2) {
 #pragma unroll
         for (int p = 0; p < KSL / 2; p++) {
-            const uint4 b = __ldg(w + p * 32);
-            mma_s8(acc[j], a[2 * p], b.x, b.y);
-            mma_s8(acc[j], a[2 * p + 1], b.z, b.w);
+            const uint4 b0 = __ldg(w + j * ts + p * 32), b1 = __ldg(w + (j + 1) * ts + p * 32);
+            mma_s8(acc[j], a[2 * p], b0.x, b0.y);
+            mma_s8(acc[j + 1], a[2 * p], b1.x, b1.y);
+            mma_s8(acc[j], a[2 * p + 1], b0.z, b0.w);
+            mma_s8(acc[j + 1], a[2 * p + 1], b1.z, b1.w);
         }
     }
 }
