@@ -97,6 +97,10 @@ struct FW {
     const uint8_t *stream;
     const uint32_t *stream_off;
     int n_chunks;
+    /* the wide way (split_kernel's WIDE candidates, sm_90a): n_wide chunks
+     * of WIDE_CHUNK bytes, in the order the kernel takes them (wide_plan) */
+    const uint8_t *wide;
+    int n_wide;
 };
 
 template <int D, int DH> struct Cfg {
@@ -1084,21 +1088,36 @@ __device__ __forceinline__ void cluster_sync()
 #endif
 }
 
-template <bool MAX>
-__device__ __forceinline__ float4 across(float a0, float b0, float a1, float b1, float2 *part, int &round)
+/* The 4 warps that share 16 rows in the split way: the partials they
+ * exchange (two rounds, so that one round's reads never meet the next
+ * one's writes), this warp's slice c, and their barrier (0: the block's;
+ * the wide way's blocks hold 4 such groups, each with its named barrier). */
+struct Grp {
+    float2 *part;
+    int round, c, bar;
+    __device__ __forceinline__ void sync() const
+    {
+        if (bar == 0)
+            __syncthreads();
+        else
+            asm volatile("bar.sync %0, 128;" ::"r"(bar) : "memory");
+    }
+};
+
+template <bool MAX> __device__ __forceinline__ float4 across(float a0, float b0, float a1, float b1, Grp &gp)
 {
-    const int lane = threadIdx.x & 31, g = lane >> 2, c = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31, g = lane >> 2, c = gp.c;
     if (MAX) {
         a0 = gp_quad_max(a0), b0 = gp_quad_max(b0), a1 = gp_quad_max(a1), b1 = gp_quad_max(b1);
     } else {
         a0 = gp_quad_sum(a0), b0 = gp_quad_sum(b0), a1 = gp_quad_sum(a1), b1 = gp_quad_sum(b1);
     }
-    float2 *p = part + (round++ & 1) * 64;
+    float2 *p = gp.part + (gp.round++ & 1) * 64;
     if ((lane & 3) == 0) {
         p[c * 16 + g] = make_float2(a0, b0);
         p[c * 16 + g + 8] = make_float2(a1, b1);
     }
-    __syncthreads();
+    gp.sync();
     float2 u = p[g], v = p[g + 8];
 #pragma unroll
     for (int w = 1; w < 4; w++) {
@@ -1119,17 +1138,17 @@ __device__ __forceinline__ float4 across(float a0, float b0, float a1, float b1,
  * every warp's copy of all of them in a. */
 template <int D>
 __device__ __forceinline__ void to_afrags(const float4 (&y)[D / 32], float m0, float m1, uint4 *A,
-                                          uint32_t (&a)[D / 32][4])
+                                          uint32_t (&a)[D / 32][4], const Grp &gp)
 {
     constexpr int SKS = SCfg<D>::SKS, KS = SCfg<D>::KS;
-    const int lane = threadIdx.x & 31, c = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31, c = gp.c;
 #pragma unroll
     for (int s = 0; s < SKS; s++) {
         uint32_t v[4];
         afrag(v, y[4 * s], y[4 * s + 1], y[4 * s + 2], y[4 * s + 3], m0, m1);
         A[(c * SKS + s) * 32 + lane] = make_uint4(v[0], v[1], v[2], v[3]);
     }
-    __syncthreads();
+    gp.sync();
 #pragma unroll
     for (int ks = 0; ks < KS; ks++) {
         const uint4 u = A[ks * 32 + lane];
@@ -1138,7 +1157,7 @@ __device__ __forceinline__ void to_afrags(const float4 (&y)[D / 32], float m0, f
 }
 
 /* Mean and 1/std of rows g and g + 8 from the warps' slices x. */
-template <int D> __device__ __forceinline__ Moments moments_split(const float4 (&x)[D / 32], float2 *part, int &round)
+template <int D> __device__ __forceinline__ Moments moments_split(const float4 (&x)[D / 32], Grp &gp)
 {
     float s0 = 0.0f, q0 = 0.0f, s1 = 0.0f, q1 = 0.0f;
 #pragma unroll
@@ -1148,7 +1167,7 @@ template <int D> __device__ __forceinline__ Moments moments_split(const float4 (
         s1 += x[j].z + x[j].w;
         q1 += x[j].z * x[j].z + x[j].w * x[j].w;
     }
-    const float4 m = across<false>(s0, q0, s1, q1, part, round);
+    const float4 m = across<false>(s0, q0, s1, q1, gp);
     Moments mo;
     mo.m0 = m.x * (1.0f / D);
     mo.m1 = m.z * (1.0f / D);
@@ -1159,9 +1178,10 @@ template <int D> __device__ __forceinline__ Moments moments_split(const float4 (
 
 /* LN(x) of the warp's slice, column tile c * D / 32 + j. */
 template <int D>
-__device__ __forceinline__ float4 ln_slice(const float4 &v, const Moments &mo, const float *w, const float *b, int j)
+__device__ __forceinline__ float4 ln_slice(const float4 &v, const Moments &mo, const float *w, const float *b, int c,
+                                           int j)
 {
-    const int lane = threadIdx.x & 31, c = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
     const int col = (c * (D / 32) + j) * 8 + (lane & 3) * 2;
     const float2 ww = ldg2(w + col), bb = ldg2(b + col);
     return make_float4((v.x - mo.m0) * mo.r0 * ww.x + bb.x, (v.y - mo.m0) * mo.r0 * ww.y + bb.y,
@@ -1172,42 +1192,116 @@ __device__ __forceinline__ float4 ln_slice(const float4 &v, const Moments &mo, c
  * LN(x) for the tile's rows; sr: the rows' scales. */
 template <int D>
 __device__ __forceinline__ void ln_quant_split(const float4 (&x)[D / 32], const float *w, const float *b, uint4 *A,
-                                               float2 *part, int &round, uint32_t (&a)[D / 32][4],
-                                               float &sr0, float &sr1)
+                                               Grp &gp, uint32_t (&a)[D / 32][4], float &sr0, float &sr1)
 {
-    const Moments mo = moments_split<D>(x, part, round);
+    const Moments mo = moments_split<D>(x, gp);
     float4 y[D / 32];
     float am0 = 0.0f, am1 = 0.0f;
 #pragma unroll
     for (int j = 0; j < D / 32; j++) {
-        y[j] = ln_slice<D>(x[j], mo, w, b, j);
+        y[j] = ln_slice<D>(x[j], mo, w, b, gp.c, j);
         am0 = fmaxf(am0, fmaxf(fabsf(y[j].x), fabsf(y[j].y)));
         am1 = fmaxf(am1, fmaxf(fabsf(y[j].z), fabsf(y[j].w)));
     }
-    const float4 mx = across<true>(am0, 0.0f, am1, 0.0f, part, round);
+    const float4 mx = across<true>(am0, 0.0f, am1, 0.0f, gp);
     const Quant q0 = quant_of(mx.x), q1 = quant_of(mx.z);
     sr0 = q0.scale;
     sr1 = q1.scale;
-    to_afrags<D>(y, q0.mul, q1.mul, A, a);
+    to_afrags<D>(y, q0.mul, q1.mul, A, a, gp);
+}
+
+/* The wide way (split_kernel's WIDE candidates, sm_90a): a block of 16
+ * warps carries a whole tile of 64 rows as 4 groups of the split way's
+ * 4 warps, warp w holding slice w / 4 of rows 16 (w % 4) ... So the 4 warps
+ * of one slice are a warpgroup, and each product is one wgmma m64nNk32 per
+ * warpgroup and k-step (A from the warps' registers as mma.sync takes it,
+ * B from shared memory), over weights that thread 0 streams by the copy
+ * engine into a ring of WIDE_NBUF chunks of WIDE_CHUNK bytes, one copy for
+ * all 64 rows (the split way reads every weight once per 16 rows, through
+ * L1, with its latency exposed at each k-step). A chunk is, for each of the
+ * 4 slices in turn, N rows (the slice's output columns) by WIDE_CHUNK / 4N
+ * input columns in wgmma's layout (gpu/sm90.cuh); wide_plan lists them in
+ * the order the kernel takes them. */
+constexpr int WIDE_NBUF = 4, WIDE_CHUNK = 16384;
+constexpr size_t WIDE_HEAD = 128; /* the ring's barriers */
+
+struct SRing {
+    const uint8_t *src; /* FW::wide, chunk k at k * WIDE_CHUNK */
+    uint8_t *buf;
+    uint64_t *full, *empty; /* [WIDE_NBUF] each: the copy's bytes landed; every warp done with them */
+    int s, n;               /* the next chunk, the stream's count */
+
+    __device__ __forceinline__ void load(int k)
+    {
+        const int bi = k % WIDE_NBUF;
+        gp_bulk_load(buf + bi * WIDE_CHUNK, src + (size_t)k * WIDE_CHUNK, WIDE_CHUNK, &full[bi]);
+    }
+    /* acc (+)= A . B^T for slice wg's N columns over KSL k-steps, the
+     * stream's next KSL / KSC chunks; more: add to acc. Thread 0 loads chunk
+     * s + WIDE_NBUF - 1 into the buffer of chunk s - 1 once every warp has
+     * arrived on its empty barrier. */
+    template <int N, int KSL>
+    __device__ __forceinline__ void product(int (&acc)[N / 8][4], const uint32_t (&a)[KSL][4], int wg, bool more)
+    {
+        constexpr int KSC = WIDE_CHUNK / (4 * N * 32); /* k-steps a chunk */
+        static_assert(KSC >= 1 && KSL % KSC == 0, "a product is whole chunks");
+#pragma unroll
+        for (int i = 0; i < KSL / KSC; i++) {
+            const int k = s + WIDE_NBUF - 1;
+            if (threadIdx.x == 0 && k < n) {
+                if (s > 0)
+                    gp_mbar_wait(&empty[(s - 1) % WIDE_NBUF], (unsigned)((s - 1) / WIDE_NBUF) & 1);
+                load(k);
+            }
+            const int bi = s % WIDE_NBUF;
+            gp_mbar_wait(&full[bi], (unsigned)(s / WIDE_NBUF) & 1);
+            const uint8_t *b = buf + bi * WIDE_CHUNK + wg * (N * KSC * 32);
+            gp_wg_fence();
+#pragma unroll
+            for (int ks = 0; ks < KSC; ks++)
+                gp_wgmma_s8<N>(acc, a[i * KSC + ks], gp_desc(b + ks * N * 32), more || i > 0 || ks > 0);
+            gp_wg_commit();
+            gp_wg_wait0();
+            if ((threadIdx.x & 31) == 0)
+                gp_mbar_arrive(&empty[bi]);
+            s++;
+        }
+    }
+};
+
+/* acc += A . W^T for a warp's NTL n8 tiles from tile nt0 and k-pair kp0 of
+ * W (fragment order, kpt k-pairs a tile): mma.sync on fragments from global
+ * memory, or in the wide way the ring's next chunks (more: as above). */
+template <bool WIDE, int NTL, int KSL>
+__device__ __forceinline__ void sprod(int (&acc)[NTL][4], const uint32_t (&a)[KSL][4], const uint4 *__restrict__ W,
+                                      int kpt, int nt0, int kp0, SRing &rg, int wg, bool more)
+{
+    if constexpr (WIDE)
+        rg.product<8 * NTL, KSL>(acc, a, wg, more);
+    else
+        mma_tiles<NTL, KSL>(acc, a, W, kpt, nt0, kp0);
 }
 
 /* One block per 16 rows (blockIdx.x / 4: the user, HIST, in a cluster of
- * 4 blocks; else the candidate tile; blockIdx.x % 4: which 16 rows). */
-template <int D, bool HIST, int MINB>
-__global__ void __launch_bounds__(4 * 32, MINB)
+ * 4 blocks; else the candidate tile; blockIdx.x % 4: which 16 rows); WIDE:
+ * one block of 16 warps per candidate tile, as above. */
+template <int D, bool HIST, int MINB, bool WIDE = false>
+__global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
     split_kernel(const FW *__restrict__ fw, gp_batch bt, __half *kvc, unsigned long long *flags)
 {
+    static_assert(!WIDE || !HIST, "the wide way: candidates");
     using S = SCfg<D>;
     constexpr int DH = S::DH, SNT = S::SNT, KS = S::KS, QK = S::QK, HNT = SNT, LDK = S::LDK;
     extern __shared__ __align__(16) uint8_t sm[];
-    const int c = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3; /* c: head, slice */
-    const int r = blockIdx.x & 3; /* the block's 16 rows */
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int c = WIDE ? warp >> 2 : warp;        /* head, slice (WIDE: the warpgroup) */
+    const int r = WIDE ? warp & 3 : blockIdx.x & 3; /* which 16 rows */
     int b, first = 0, rows, row0 = r * 16;
     if (HIST) {
         b = blockIdx.x >> 2;
         rows = bt.n_hist[b];
     } else {
-        const int4 tile = bt.tiles[blockIdx.x >> 2];
+        const int4 tile = bt.tiles[WIDE ? blockIdx.x : blockIdx.x >> 2];
         b = tile.x;
         first = tile.y;
         rows = tile.z;
@@ -1220,7 +1314,25 @@ __global__ void __launch_bounds__(4 * 32, MINB)
             bt.user_vec[(size_t)b * D + i] = fw->lnf_b[i];
         return;
     }
-    if (row0 >= rows) { /* past the last row: nothing to do but meet the cluster */
+    SRing ring = {};
+    if constexpr (WIDE) { /* every warp takes part in the products: rows past the last are item 0's, not written */
+        ring.full = (uint64_t *)sm;
+        ring.empty = ring.full + WIDE_NBUF;
+        ring.buf = sm + WIDE_HEAD;
+        ring.src = fw->wide;
+        ring.n = fw->n_wide;
+        if (threadIdx.x == 0) {
+            for (int i = 0; i < WIDE_NBUF; i++) {
+                gp_mbar_init(&ring.full[i], 1);
+                gp_mbar_init(&ring.empty[i], 16);
+            }
+            gp_mbar_fence_init();
+        }
+        __syncthreads();
+        if (threadIdx.x == 0)
+            for (int k = 0; k < WIDE_NBUF - 1 && k < ring.n; k++)
+                ring.load(k);
+    } else if (row0 >= rows) { /* past the last row: nothing to do but meet the cluster */
         if (HIST)
             for (int l = 0; l < nl; l++)
                 cluster_sync();
@@ -1231,13 +1343,13 @@ __global__ void __launch_bounds__(4 * 32, MINB)
     /* Hs: k-step kq of the hidden layer in fp16 at entries 2 kq, 2 kq + 1;
      * its int8 A fragments then go over entry 2 kq, which only the lane
      * that wrote it reads */
-    uint4 *A = (uint4 *)sm, *Hs = A + KS * 32;
-    float2 *part = (float2 *)(Hs + (size_t)f / 32 * 64);
+    uint8_t *gs = sm + (WIDE ? WIDE_HEAD + (size_t)WIDE_NBUF * WIDE_CHUNK + r * S::smem(false, f) : 0);
+    uint4 *A = (uint4 *)gs, *Hs = A + KS * 32;
+    Grp gp = {(float2 *)(Hs + (size_t)f / 32 * 64), 0, c, WIDE ? 1 + r : 0};
     /* HIST: warp c's keys and values of head c for the block's rows */
-    __half *Kst = (__half *)(part + 2 * 4 * 16) + (size_t)c * 2 * 16 * LDK, *Vst = Kst + 16 * LDK;
+    __half *Kst = (__half *)(gp.part + 2 * 4 * 16) + (size_t)c * 2 * 16 * LDK, *Vst = Kst + 16 * LDK;
     const int tok0 = row0 + g, tok1 = tok0 + 8;
     const unsigned long long gen = *bt.call;
-    int round = 0;
 
     float4 x[SNT]; /* the residual: rows g, g + 8 of column tiles c * SNT + j */
     {
@@ -1254,14 +1366,14 @@ __global__ void __launch_bounds__(4 * 32, MINB)
         const int nkr = (L + 15) / 16 * 16;
         uint32_t a[KS][4];
         float sr0, sr1;
-        ln_quant_split<D>(x, ly.ln1_w, ly.ln1_b, A, part, round, a, sr0, sr1);
+        ln_quant_split<D>(x, ly.ln1_w, ly.ln1_b, A, gp, a, sr0, sr1);
         /* head c's k, then q (with the self score), then v */
         const int qt = c * 3 * HNT; /* the head's first n8 tile of qkv rows: q, k, v */
         float4 kf[HNT];
         {
             int acc[HNT][4];
             zero(acc);
-            mma_tiles<HNT, KS>(acc, a, ly.qkv, KS / 2, qt + HNT, 0);
+            sprod<WIDE, HNT, KS>(acc, a, ly.qkv, KS / 2, qt + HNT, 0, ring, c, false);
 #pragma unroll
             for (int j = 0; j < HNT; j++) {
                 const int col = (qt + HNT + j) * 8 + t * 2;
@@ -1280,7 +1392,7 @@ __global__ void __launch_bounds__(4 * 32, MINB)
         {
             int acc[HNT][4];
             zero(acc);
-            mma_tiles<HNT, KS>(acc, a, ly.qkv, KS / 2, qt, 0);
+            sprod<WIDE, HNT, KS>(acc, a, ly.qkv, KS / 2, qt, 0, ring, c, false);
             float4 q[HNT];
             float d0 = 0.0f, d1 = 0.0f;
 #pragma unroll
@@ -1301,7 +1413,7 @@ __global__ void __launch_bounds__(4 * 32, MINB)
         {
             int acc[HNT][4];
             zero(acc);
-            mma_tiles<HNT, KS>(acc, a, ly.qkv, KS / 2, qt + 2 * HNT, 0);
+            sprod<WIDE, HNT, KS>(acc, a, ly.qkv, KS / 2, qt + 2 * HNT, 0, ring, c, false);
 #pragma unroll
             for (int j = 0; j < HNT; j++) {
                 const int col = (qt + 2 * HNT + j) * 8 + t * 2;
@@ -1339,13 +1451,13 @@ __global__ void __launch_bounds__(4 * 32, MINB)
                 am0 = fmaxf(am0, fmaxf(fabsf(ov[j].x), fabsf(ov[j].y)));
                 am1 = fmaxf(am1, fmaxf(fabsf(ov[j].z), fabsf(ov[j].w)));
             }
-            const float4 mx = across<true>(am0, 0.0f, am1, 0.0f, part, round);
+            const float4 mx = across<true>(am0, 0.0f, am1, 0.0f, gp);
             const Quant q0 = quant_of(mx.x), q1 = quant_of(mx.z);
-            to_afrags<D>(ov, q0.mul, q1.mul, A, a);
+            to_afrags<D>(ov, q0.mul, q1.mul, A, a, gp);
             /* x += out(O), the warp's slice */
             int acc[SNT][4];
             zero(acc);
-            mma_tiles<SNT, KS>(acc, a, ly.out, KS / 2, c * SNT, 0);
+            sprod<WIDE, SNT, KS>(acc, a, ly.out, KS / 2, c * SNT, 0, ring, c, false);
 #pragma unroll
             for (int j = 0; j < SNT; j++) {
                 const int col = (c * SNT + j) * 8 + t * 2;
@@ -1353,17 +1465,18 @@ __global__ void __launch_bounds__(4 * 32, MINB)
                 x[j] = make_float4(x[j].x + y.x, x[j].y + y.y, x[j].z + y.z, x[j].w + y.w);
             }
         }
-        /* x += down(gelu(up(LN2(x)))): up and GELU of hidden chunks c, c + 4,
-         * ... (64 columns at a time), in fp16 to Hs; quantized per whole row,
+        /* x += down(gelu(up(LN2(x)))): up and GELU of the warp's units of 64
+         * hidden columns (2c, 2c + 1, 2c + 8, ...; WIDE: c, c + 4, ..., the
+         * order of its stream), in fp16 to Hs; quantized per whole row,
          * as on the CPU, once the row's maximum is known; down of the warp's
          * slice over every chunk, summed in int32, dequantized once */
-        ln_quant_split<D>(x, ly.ln2_w, ly.ln2_b, A, part, round, a, sr0, sr1);
+        ln_quant_split<D>(x, ly.ln2_w, ly.ln2_b, A, gp, a, sr0, sr1);
         __half2 hm0 = __float2half2_rn(0.0f), hm1 = hm0;
 #pragma unroll 1
-        for (int u = 2 * c; u < f / 64; u += u & 1 ? 7 : 1) { /* the warp's 64-column units: 2c, 2c + 1, 2c + 8, ... */
+        for (int u = WIDE ? c : 2 * c; u < f / 64; u += WIDE ? 4 : u & 1 ? 7 : 1) { /* the warp's 64-column units */
             int acc[8][4];
             zero(acc);
-            mma_tiles<8, KS>(acc, a, ly.up, KS / 2, u * 8, 0);
+            sprod<WIDE, 8, KS>(acc, a, ly.up, KS / 2, u * 8, 0, ring, c, false);
             __half2 h[8][2];
             gelu_tiles<8>(acc, sr0, sr1, ly.up_s + u * 64, ly.up_b + u * 64, h, hm0, hm1);
 #pragma unroll
@@ -1379,14 +1492,14 @@ __global__ void __launch_bounds__(4 * 32, MINB)
         float hsc0, hsc1; /* the hidden rows' scales */
         {
             const float2 m0 = __half22float2(hm0), m1 = __half22float2(hm1);
-            const float4 mx = across<true>(fmaxf(m0.x, m0.y), 0.0f, fmaxf(m1.x, m1.y), 0.0f, part, round);
+            const float4 mx = across<true>(fmaxf(m0.x, m0.y), 0.0f, fmaxf(m1.x, m1.y), 0.0f, gp);
             const Quant q0 = quant_of_half(mx.x), q1 = quant_of_half(mx.z);
             const __half2 mul0 = __float2half2_rn(q0.mul), mul1 = __float2half2_rn(q1.mul);
             hsc0 = q0.scale;
             hsc1 = q1.scale;
             /* the warp's own k-steps (each lane reads what it wrote) */
 #pragma unroll 1
-            for (int u = 2 * c; u < f / 64; u += u & 1 ? 7 : 1)
+            for (int u = WIDE ? c : 2 * c; u < f / 64; u += WIDE ? 4 : u & 1 ? 7 : 1)
 #pragma unroll
                 for (int i = 0; i < 2; i++) {
                     const int kq = u * 2 + i;
@@ -1396,7 +1509,7 @@ __global__ void __launch_bounds__(4 * 32, MINB)
                                                           q8w(h[0], h[1], mul0), q8w(h[2], h[3], mul1));
                 }
         }
-        __syncthreads(); /* every k-step's A fragments */
+        gp.sync(); /* every k-step's A fragments */
         {
             int dacc[SNT][4];
             zero(dacc);
@@ -1408,7 +1521,7 @@ __global__ void __launch_bounds__(4 * 32, MINB)
                     const uint4 u = Hs[(2 * (ch * 4 + ks)) * 32 + lane];
                     a2[ks][0] = u.x, a2[ks][1] = u.y, a2[ks][2] = u.z, a2[ks][3] = u.w;
                 }
-                mma_tiles<SNT, 4>(dacc, a2, ly.down, f / 64, c * SNT, ch * 2);
+                sprod<WIDE, SNT, 4>(dacc, a2, ly.down, f / 64, c * SNT, ch * 2, ring, c, ch > 0);
             }
 #pragma unroll
             for (int j = 0; j < SNT; j++) {
@@ -1418,13 +1531,13 @@ __global__ void __launch_bounds__(4 * 32, MINB)
             }
         }
     }
-    const Moments mo = moments_split<D>(x, part, round);
+    const Moments mo = moments_split<D>(x, gp);
     if (HIST) { /* u = LN_f(x of the newest token) */
         const int last = L - 1;
         if (last == tok0 || last == tok1)
 #pragma unroll
             for (int j = 0; j < SNT; j++) {
-                const float4 y = ln_slice<D>(x[j], mo, fw->lnf_w, fw->lnf_b, j);
+                const float4 y = ln_slice<D>(x[j], mo, fw->lnf_w, fw->lnf_b, c, j);
                 *(float2 *)&bt.user_vec[(size_t)b * D + (c * SNT + j) * 8 + t * 2] =
                     last == tok0 ? make_float2(y.x, y.y) : make_float2(y.z, y.w);
             }
@@ -1432,12 +1545,12 @@ __global__ void __launch_bounds__(4 * 32, MINB)
         float d0 = 0.0f, d1 = 0.0f;
 #pragma unroll
         for (int j = 0; j < SNT; j++) {
-            const float4 y = ln_slice<D>(x[j], mo, fw->lnf_w, fw->lnf_b, j);
+            const float4 y = ln_slice<D>(x[j], mo, fw->lnf_w, fw->lnf_b, c, j);
             const float2 hw = ldg2(fw->head_w + (c * SNT + j) * 8 + t * 2);
             d0 += y.x * hw.x + y.y * hw.y;
             d1 += y.z * hw.x + y.w * hw.y;
         }
-        const float4 d = across<false>(d0, 0.0f, d1, 0.0f, part, round);
+        const float4 d = across<false>(d0, 0.0f, d1, 0.0f, gp);
         if (c == 0 && t == 0) {
             if (tok0 < rows)
                 bt.scores[first + tok0] = d.x + fw->head_b;
@@ -1487,13 +1600,13 @@ __global__ void to_fragments(const int8_t *W, int ldw, int n_rows, int k, int d,
     }
 }
 
-/* Chunk (rows n0 .. n0 + N - 1, input columns k0 .. k0 + 127 of W, rows
- * in head order where d > 0) of the stream, in wgmma's K-major layout
+/* Chunk (rows n0 .. n0 + N - 1, input columns k0 .. k0 + K - 1 of W, rows
+ * in head order where d > 0) of a stream, in wgmma's K-major layout
  * without swizzle (gpu/sm90.cuh), input columns permuted by pi. */
-__global__ void to_stream(const int8_t *W, int ldw, int n0, int N, int k0, int d, int dh, uint8_t *dst)
+__global__ void to_stream(const int8_t *W, int ldw, int n0, int N, int k0, int K, int d, int dh, uint8_t *dst)
 {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < N * 128; i += gridDim.x * blockDim.x) {
-        const int n = i / 128, kk = i % 128, ks = kk / 32, p = kk % 32;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < N * K; i += gridDim.x * blockDim.x) {
+        const int n = i / K, kk = i % K, ks = kk / 32, p = kk % 32;
         const int r = d > 0 ? head_row(n0 + n, d, dh) : n0 + n;
         dst[ks * N * 32 + (n / 8) * 256 + (p / 16) * 128 + (n % 8) * 16 + p % 16] =
             (uint8_t)W[(size_t)r * ldw + k0 + ks * 32 + pi32(p)];
@@ -1526,13 +1639,18 @@ struct gp_fast {
     kern_t split_hist, split_cand, split_cand_many;
     size_t split_hsmem, split_csmem;
     int split_fit; /* split_cand's blocks resident at once on the GPU */
+    /* the wide way (sm_90a, d_model 128 and 256, d_ffn a multiple of 256), NULL where there is none */
+    kern_t wide_cand;
+    size_t wide_smem;
+    uint8_t *wide; /* FW::wide */
+    int wide_from; /* FAST_AUTO: split batches of at least this many tiles take the wide way */
     unsigned long long *flags; /* per request: the history's layers done, call << 8 | n */
     int pdl;                   /* sm_90: candidates launched alongside the history */
     int mode;        /* FAST_AUTO, FAST_ROWS, FAST_SPLIT */
     int split_below; /* FAST_AUTO: batches of fewer tiles take the split way */
 };
 
-enum { FAST_AUTO, FAST_ROWS, FAST_WGMMA, FAST_SPLIT };
+enum { FAST_AUTO, FAST_ROWS, FAST_WGMMA, FAST_SPLIT, FAST_WIDE };
 
 template <int D, int DH> static void pick(gp_fast *f)
 {
@@ -1553,6 +1671,12 @@ template <int D> static void pick_split(gp_fast *f, int d_ffn)
     f->split_below = D == 128 ? SPLIT_TILES : INT_MAX;
 }
 
+template <int D> static void pick_wide(gp_fast *f, int d_ffn)
+{
+    f->wide_cand = split_kernel<D, false, 1, true>;
+    f->wide_smem = WIDE_HEAD + (size_t)WIDE_NBUF * WIDE_CHUNK + 4 * SCfg<D>::smem(false, d_ffn);
+}
+
 /* The stream of the wgmma way (FW::stream): per layer, the chunks in the
  * order fast_kernel's products take them: qkv per head (3 x dh rows), out
  * per 64 rows, then per 128 hidden columns the up chunks and the down
@@ -1567,7 +1691,7 @@ static int stream_plan(const lm_config *c, uint32_t *off, const gp_weights *w, u
         if (off)
             off[n] = at;
         if (dst)
-            to_stream<<<32, 256>>>(m->q, m->kp, n0, rows, k0, head ? d : 0, dh, dst + at);
+            to_stream<<<32, 256>>>(m->q, m->kp, n0, rows, k0, 128, head ? d : 0, dh, dst + at);
         at += (uint32_t)rows * 128;
         n++;
     };
@@ -1586,6 +1710,35 @@ static int stream_plan(const lm_config *c, uint32_t *off, const gp_weights *w, u
     }
     if (off)
         off[n] = at;
+    return n;
+}
+
+/* The wide way's stream (FW::wide): per layer, each product in the order
+ * split_kernel takes it (of each slice's head: k, q, v; out; the up units
+ * s, s + 4, s + 8, ... of slice s; down), as its chunks along K, a
+ * chunk the 4 slices' N rows by WIDE_CHUNK / 4N input columns. Written to
+ * dst unless NULL; returns the chunks' count. */
+static int wide_plan(const lm_config *c, const gp_weights *w, uint8_t *dst)
+{
+    const int d = c->d_model, dh = d / c->n_heads, f = c->d_ffn;
+    int n = 0;
+    /* rows n0(sl) .. n0(sl) + N - 1 of m for slice sl, input columns 0 .. k - 1 */
+    auto emit = [&](const gp_lin *m, int k, int N, bool head, auto n0) {
+        const int kc = WIDE_CHUNK / (4 * N);
+        for (int k0 = 0; k0 < k; k0 += kc, n++)
+            for (int sl = 0; dst && sl < 4; sl++)
+                to_stream<<<16, 256>>>(m->q, m->kp, n0(sl), N, k0, kc, head ? d : 0, dh,
+                                       dst + (size_t)n * WIDE_CHUNK + (size_t)sl * N * kc);
+    };
+    for (int l = 0; l < c->n_layers; l++) {
+        const gp_layer *g = w ? &w->layers[l] : NULL;
+        for (int part : {1, 0, 2}) /* k, q, v: rows of head sl in head order */
+            emit(g ? &g->qkv : NULL, d, dh, true, [&](int sl) { return (3 * sl + part) * dh; });
+        emit(g ? &g->out : NULL, d, dh, false, [&](int sl) { return sl * dh; });
+        for (int i = 0; i < f / 256; i++)
+            emit(g ? &g->up : NULL, d, 64, false, [&](int sl) { return (sl + 4 * i) * 64; });
+        emit(g ? &g->down : NULL, f, dh, false, [&](int sl) { return sl * dh; });
+    }
     return n;
 }
 
@@ -1617,6 +1770,7 @@ void gp_fast_free(gp_fast *f)
         return;
     cudaFree(f->pool);
     cudaFree(f->stream);
+    cudaFree(f->wide);
     cudaFree(f->kv);
     cudaFree(f->flags);
     free(f);
@@ -1649,16 +1803,32 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
         s->wg_cand = fast_kernel<128, 32, false, 3, true>;
         s->wg_smem = WG_HEAD + WG_NBUF * WG_CHUNK + WARPS * (C::xs_bytes + C::ov_bytes); /* the ring, the warps' */
     }
-    { /* RANKD_GPU_FAST=rows|wgmma|split forces a path, for tests and comparisons */
+    if (major == 9 && minor == 0 && f % 256 == 0) { /* the wide way: sm_90a, as many up units for every slice */
+        if (d == 128)
+            pick_wide<128>(s, f);
+        else if (d == 256)
+            pick_wide<256>(s, f);
+        int optin = 0;
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+        if (s->wide_smem > (size_t)optin) /* a d_ffn too wide for its hidden layers on chip */
+            s->wide_cand = NULL;
+    }
+    { /* RANKD_GPU_FAST=rows|wgmma|split|wide forces a path, for tests and comparisons */
         const char *m = getenv("RANKD_GPU_FAST");
         s->mode = !m || !*m || !strcmp(m, "auto") ? FAST_AUTO
                   : !strcmp(m, "rows")            ? FAST_ROWS
                   : !strcmp(m, "wgmma")           ? FAST_WGMMA
                   : !strcmp(m, "split")           ? FAST_SPLIT
+                  : !strcmp(m, "wide")            ? FAST_WIDE
                                                   : -1;
-        if (s->mode < 0 || (s->mode == FAST_SPLIT && !s->split_hist) || (s->mode == FAST_WGMMA && !s->wg_cand)) {
+        if (s->mode < 0 || (s->mode == FAST_SPLIT && !s->split_hist) || (s->mode == FAST_WGMMA && !s->wg_cand) ||
+            (s->mode == FAST_WIDE && !s->wide_cand)) {
             if (s->mode < 0)
-                cm_errf(err, errsz, "RANKD_GPU_FAST is '%s': it takes auto, rows, wgmma or split", m);
+                cm_errf(err, errsz, "RANKD_GPU_FAST is '%s': it takes auto, rows, wgmma, split or wide", m);
+            else if (s->mode == FAST_WIDE)
+                cm_errf(err, errsz, "RANKD_GPU_FAST is wide, which needs d_model 128 or 256 (here %d), d_ffn a "
+                        "multiple of 256 that fits shared memory (here %d) and a GPU of compute capability 9.0 "
+                        "(here %d.%d)", d, f, major, minor);
             else if (s->mode == FAST_WGMMA)
                 cm_errf(err, errsz, "RANKD_GPU_FAST is wgmma, which needs d_model 128 (here %d) and a GPU of "
                         "compute capability 9.0 (here %d.%d)", d, major, minor);
@@ -1726,6 +1896,14 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
         fw.stream_off = (const uint32_t *)(s->stream + bytes);
         fw.n_chunks = n;
     }
+    if (s->wide_cand) { /* the wide way's stream */
+        const int n = wide_plan(c, NULL, NULL);
+        GP_TRY(cudaMalloc(&s->wide, (size_t)n * WIDE_CHUNK), "wide-way weight stream");
+        wide_plan(c, w, s->wide);
+        GP_TRY(cudaGetLastError(), "wide-way weight stream");
+        fw.wide = s->wide;
+        fw.n_wide = n;
+    }
     s->d_w = (FW *)p;
     GP_TRY(cudaMemcpy(s->d_w, &fw, sizeof fw, cudaMemcpyHostToDevice), "fast-path weights");
     GP_TRY(cudaMalloc(&s->kv, sizeof(__half) * (size_t)max_batch * nl * 2 * MAXK * d), "key/value cache");
@@ -1759,7 +1937,16 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
                "occupancy of the split candidate kernel");
         GP_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "the GPU's SM count");
         s->split_fit = per_sm * sms;
+        /* the teacher's wide way where the split way's grid would no longer fit at once (its capped
+         * build): H200, B = 16 to 512, 6-8% faster than the split way, at B = 1 (8 tiles) 65% slower; the
+         * student's not at all, as fast as the split way at B = 16 and slower than the wgmma way from
+         * B = 128 (bench/NOTES.md) */
+        s->wide_from = d == 256 ? s->split_fit / 4 + 1 : INT_MAX;
     }
+    if (s->wide_cand)
+        GP_TRY(cudaFuncSetAttribute((const void *)s->wide_cand, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)s->wide_smem),
+               "shared memory of the wide candidate kernel");
     GP_TRY(cudaDeviceSynchronize(), "fast-path weight conversion");
     *out = s;
     return 0;
@@ -1772,8 +1959,10 @@ int gp_fast_run(gp_fast *s, cudaStream_t st, const gp_batch *b, char *err, size_
 {
     if (b->B == 0)
         return 0;
-    const bool split =
-        s->mode == FAST_SPLIT || (s->mode == FAST_AUTO && s->split_hist && b->n_tiles < s->split_below);
+    const bool split = s->mode == FAST_SPLIT || s->mode == FAST_WIDE ||
+                       (s->mode == FAST_AUTO && s->split_hist && b->n_tiles < s->split_below);
+    const bool wide = split && s->wide_cand &&
+                      (s->mode == FAST_WIDE || (s->mode == FAST_AUTO && b->n_tiles >= s->wide_from));
     cudaLaunchAttribute at;
     cudaLaunchConfig_t lc = {};
     lc.stream = st;
@@ -1800,14 +1989,18 @@ int gp_fast_run(gp_fast *s, cudaStream_t st, const gp_batch *b, char *err, size_
     at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     at.val.programmaticStreamSerializationAllowed = 1;
     lc.numAttrs = s->pdl;
-    lc.gridDim = dim3(split ? 4 * b->n_tiles : b->n_tiles);
+    lc.gridDim = dim3(split && !wide ? 4 * b->n_tiles : b->n_tiles);
+    lc.blockDim = dim3(wide ? 16 * 32 : split ? 4 * 32 : THREADS);
     const bool wg = !split && s->wg_cand && (s->mode == FAST_AUTO || s->mode == FAST_WGMMA);
-    lc.dynamicSmemBytes = split ? s->split_csmem : wg ? s->wg_smem : s->csmem;
+    lc.dynamicSmemBytes = wide ? s->wide_smem : split ? s->split_csmem : wg ? s->wg_smem : s->csmem;
     /* the split way's candidates: registers uncapped (2 blocks an SM at d_model 128 and 256) while the grid
      * fits the GPU at once, else capped for 4 an SM, spills and all (H200: student B=16 104 -> 86-89 us,
      * B=1 36 -> 38-40 us were it capped; bench/NOTES.md) */
     const kern_t split_cand = 4 * b->n_tiles <= s->split_fit ? s->split_cand : s->split_cand_many;
-    const kern_t cand = split ? split_cand : wg ? s->wg_cand : b->n_tiles < FEW_TILES ? s->cand_few : s->cand;
+    const kern_t cand = wide    ? s->wide_cand
+                        : split ? split_cand
+                        : wg    ? s->wg_cand
+                        : b->n_tiles < FEW_TILES ? s->cand_few : s->cand;
     return gp_cuda_err(cudaLaunchKernelEx(&lc, cand, (const FW *)s->d_w, *b, s->kv, s->flags), "candidate kernel",
                        err, errsz);
 }

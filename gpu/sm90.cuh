@@ -109,10 +109,27 @@ __device__ __forceinline__ void gp_wg_wait0()
 }
 
 /* d[j] (+)= A . B^T over one k-step of 32, for the N/8 column tiles of B
- * (descriptor b); acc 0: d = A . B^T. N: 64 or 96, the widths the stream's
- * chunks have. */
+ * (descriptor b); acc 0: d = A . B^T. N: 32, 64 or 96, the widths the
+ * streams' chunks have. */
 template <int N>
 __device__ __forceinline__ void gp_wgmma_s8(int (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t b, int acc);
+
+template <>
+__device__ __forceinline__ void gp_wgmma_s8<32>(int (&d)[4][4], const uint32_t (&a)[4], uint64_t b, int acc)
+{
+#if GP_SM90A
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k32.s32.s8.s8 {"
+                 "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15"
+                 "}, {%16,%17,%18,%19}, %20, p;\n}\n"
+                 : "+r"(d[0][0]), "+r"(d[0][1]), "+r"(d[0][2]), "+r"(d[0][3]), "+r"(d[1][0]), "+r"(d[1][1]),
+                   "+r"(d[1][2]), "+r"(d[1][3]), "+r"(d[2][0]), "+r"(d[2][1]), "+r"(d[2][2]), "+r"(d[2][3]),
+                   "+r"(d[3][0]), "+r"(d[3][1]), "+r"(d[3][2]), "+r"(d[3][3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(acc));
+#else
+    __trap();
+#endif
+}
 
 template <>
 __device__ __forceinline__ void gp_wgmma_s8<64>(int (&d)[8][4], const uint32_t (&a)[4], uint64_t b, int acc)

@@ -400,6 +400,14 @@ static void batch_diffs(const batch *bt, double *ds, double *du)
     *du = eu / (mu > 0.0 ? mu : 1.0);
 }
 
+static size_t bits_differ(const float *a, const float *b, size_t n)
+{
+    size_t d = 0;
+    for (size_t i = 0; i < n; i++)
+        d += memcmp(&a[i], &b[i], sizeof *a) != 0;
+    return d;
+}
+
 START_TEST(test_int8_parity)
 {
     need_gpu();
@@ -410,13 +418,18 @@ START_TEST(test_int8_parity)
     batch_score_cpu(&bt, m);
     /* The random models take gpu/fast.cu's path, whose ways
      * (RANKD_GPU_FAST) are each checked, wgmma where d_model is 128 (this
-     * suite's GPUs, H100 and H200, have it); the golden shapes (small: the
-     * fast path's rows way, the others the generic kernels) the engine's
-     * choice. */
-    static const char *const paths[] = {"rows", "split", "wgmma"};
-    const int n_paths = _i < TU_N_CASES ? 1 : m->cfg.d_model == 128 ? 3 : 2;
-    for (int p = 0; p < n_paths; p++) {
+     * suite's GPUs, H100 and H200, have it and the wide way); the golden
+     * shapes (small: the fast path's rows way, the others the generic
+     * kernels) the engine's choice. The wide way computes what the split way
+     * does with other warps and instructions: the same bits. */
+    static const char *const paths[] = {"rows", "split", "wgmma", "wide"};
+    const size_t ns = (size_t)bt.B * bt.M, nu = (size_t)bt.B * bt.d;
+    float *split_s = malloc(sizeof(float) * ns), *split_u = malloc(sizeof(float) * nu);
+    ck_assert(split_s && split_u);
+    for (int p = 0; p < (_i < TU_N_CASES ? 1 : 4); p++) {
         const char *path = _i < TU_N_CASES ? "auto" : paths[p];
+        if (!strcmp(path, "wgmma") && m->cfg.d_model != 128)
+            continue;
         setenv("RANKD_GPU_FAST", path, 1);
         gp_engine *e = engine_new(m, bt.B, bt.M);
         batch_score_gpu(&bt, e);
@@ -430,9 +443,20 @@ START_TEST(test_int8_parity)
                       INT8_REL_TOL);
         ck_assert_msg(du <= INT8_REL_TOL, "%s %s: user_vec max|diff|/max|cpu| %g > %g", name, path, du,
                       INT8_REL_TOL);
+        if (!strcmp(path, "split")) {
+            memcpy(split_s, bt.gpu_s, sizeof(float) * ns);
+            memcpy(split_u, bt.gpu_u, sizeof(float) * nu);
+        } else if (!strcmp(path, "wide")) {
+            const size_t differ = bits_differ(bt.gpu_s, split_s, ns) + bits_differ(bt.gpu_u, split_u, nu);
+            printf("int8        %-5s wide against split: %zu floats compared, %zu differ\n", name, ns + nu, differ);
+            ck_assert_msg(differ == 0, "%s: %zu of %zu floats differ between the wide and split ways", name, differ,
+                          ns + nu);
+        }
         gp_engine_free(e);
         unsetenv("RANKD_GPU_FAST");
     }
+    free(split_s);
+    free(split_u);
     lm_model_free(m);
     batch_free(&bt);
 }
@@ -456,20 +480,12 @@ static void batch_perturb(batch *bt, const lm_config *c)
     }
 }
 
-static size_t bits_differ(const float *a, const float *b, size_t n)
-{
-    size_t d = 0;
-    for (size_t i = 0; i < n; i++)
-        d += memcmp(&a[i], &b[i], sizeof *a) != 0;
-    return d;
-}
-
 /* Calls of shapes x, y, x, x' (x with new items and candidate counts in
  * the same tiles, so a replay must read this call's requests, and its call
  * number: the flags), y, x on an engine
  * that replays graphs and on one with RANKD_GPU_GRAPHS=0: the same bits.
  * The graphed engine runs a shape's first call directly, captures the
- * second and replays the rest. mid through the three ways of gpu/fast.cu, the
+ * second and replays the rest. mid through the four ways of gpu/fast.cu, the
  * golden fp32 small through the generic kernels. */
 START_TEST(test_graphs)
 {
@@ -477,7 +493,8 @@ START_TEST(test_graphs)
     static const struct {
         int model, int8;
         const char *way;
-    } runs[] = {{TU_N_CASES, 1, "rows"}, {TU_N_CASES, 1, "split"}, {TU_N_CASES, 1, "wgmma"}, {1, 0, "auto"}};
+    } runs[] = {{TU_N_CASES, 1, "rows"}, {TU_N_CASES, 1, "split"}, {TU_N_CASES, 1, "wgmma"},
+                {TU_N_CASES, 1, "wide"},  {1, 0, "auto"}};
     for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
         lm_model *m = parity_model(runs[i].model, runs[i].int8);
         batch x, y, x2;
