@@ -36,7 +36,9 @@
  * the wgmma way (WG): its products as warpgroup MMAs on weight chunks
  * streamed into shared memory (Ring, below; gpu/sm90.cuh). Small batches,
  * and the teacher's, take the split way (split_kernel), where 4 warps
- * share each 16 rows. */
+ * share each 16 rows; the teacher's candidates, once their grid would not
+ * fit the GPU at once, run it as the wide way, 16 warps to a tile of 64
+ * rows on wgmma (SRing, below). */
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
