@@ -1137,24 +1137,46 @@ template <bool MAX> __device__ __forceinline__ float4 across(float a0, float b0,
 
 /* The warp's slice y (columns c * DH ..., accumulator layout) quantized by
  * m0, m1 into its k-steps of the tile's A fragments; after the barrier,
- * every warp's copy of all of them in a. */
-template <int D>
+ * every warp's copy of all of them in a. WIDE: into the block's A tile At
+ * instead (64 rows, k-step ks at ks * 2048 bytes in wgmma's layout, which
+ * the products read from shared memory), once every warp is done with the
+ * products that read it last; a is not written. */
+template <int D, bool WIDE = false>
 __device__ __forceinline__ void to_afrags(const float4 (&y)[D / 32], float m0, float m1, uint4 *A,
-                                          uint32_t (&a)[D / 32][4], const Grp &gp)
+                                          uint32_t (&a)[D / 32][4], const Grp &gp, uint8_t *At)
 {
     constexpr int SKS = SCfg<D>::SKS, KS = SCfg<D>::KS;
     const int lane = threadIdx.x & 31, c = gp.c;
+    if constexpr (WIDE) {
+        /* rows g and g + 8 of the warp's 16 (core matrices 2r and 2r + 1, 256 bytes apart), the k-step's
+         * halves 128 apart: a[0], a[1] the first half's 4 bytes of the two rows, a[2], a[3] the second's */
+        uint8_t *p = At + ((threadIdx.x >> 5) & 3) * 512 + (lane >> 2) * 16 + (lane & 3) * 4;
+        __syncthreads();
 #pragma unroll
-    for (int s = 0; s < SKS; s++) {
-        uint32_t v[4];
-        afrag(v, y[4 * s], y[4 * s + 1], y[4 * s + 2], y[4 * s + 3], m0, m1);
-        A[(c * SKS + s) * 32 + lane] = make_uint4(v[0], v[1], v[2], v[3]);
-    }
-    gp.sync();
+        for (int s = 0; s < SKS; s++) {
+            uint32_t v[4];
+            afrag(v, y[4 * s], y[4 * s + 1], y[4 * s + 2], y[4 * s + 3], m0, m1);
+            uint8_t *q = p + (c * SKS + s) * 2048;
+            *(uint32_t *)q = v[0];
+            *(uint32_t *)(q + 256) = v[1];
+            *(uint32_t *)(q + 128) = v[2];
+            *(uint32_t *)(q + 384) = v[3];
+        }
+        gp_fence_async_smem();
+        __syncthreads();
+    } else {
 #pragma unroll
-    for (int ks = 0; ks < KS; ks++) {
-        const uint4 u = A[ks * 32 + lane];
-        a[ks][0] = u.x, a[ks][1] = u.y, a[ks][2] = u.z, a[ks][3] = u.w;
+        for (int s = 0; s < SKS; s++) {
+            uint32_t v[4];
+            afrag(v, y[4 * s], y[4 * s + 1], y[4 * s + 2], y[4 * s + 3], m0, m1);
+            A[(c * SKS + s) * 32 + lane] = make_uint4(v[0], v[1], v[2], v[3]);
+        }
+        gp.sync();
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++) {
+            const uint4 u = A[ks * 32 + lane];
+            a[ks][0] = u.x, a[ks][1] = u.y, a[ks][2] = u.z, a[ks][3] = u.w;
+        }
     }
 }
 
@@ -1192,9 +1214,10 @@ __device__ __forceinline__ float4 ln_slice(const float4 &v, const Moments &mo, c
 
 /* ln_quant for the split path: every warp's a holds the A fragments of
  * LN(x) for the tile's rows; sr: the rows' scales. */
-template <int D>
+template <int D, bool WIDE = false>
 __device__ __forceinline__ void ln_quant_split(const float4 (&x)[D / 32], const float *w, const float *b, uint4 *A,
-                                               Grp &gp, uint32_t (&a)[D / 32][4], float &sr0, float &sr1)
+                                               Grp &gp, uint32_t (&a)[D / 32][4], float &sr0, float &sr1,
+                                               uint8_t *At)
 {
     const Moments mo = moments_split<D>(x, gp);
     float4 y[D / 32];
@@ -1209,7 +1232,7 @@ __device__ __forceinline__ void ln_quant_split(const float4 (&x)[D / 32], const 
     const Quant q0 = quant_of(mx.x), q1 = quant_of(mx.z);
     sr0 = q0.scale;
     sr1 = q1.scale;
-    to_afrags<D>(y, q0.mul, q1.mul, A, a, gp);
+    to_afrags<D, WIDE>(y, q0.mul, q1.mul, A, a, gp, At);
 }
 
 /* The wide way (split_kernel's WIDE candidates, sm_90a): a block of 16
@@ -1242,8 +1265,9 @@ struct SRing {
      * stream's next KSL / KSC chunks; more: add to acc. Thread 0 loads chunk
      * s + WIDE_NBUF - 1 into the buffer of chunk s - 1 once every warp has
      * arrived on its empty barrier. */
-    template <int N, int KSL>
-    __device__ __forceinline__ void product(int (&acc)[N / 8][4], const uint32_t (&a)[KSL][4], int wg, bool more)
+    template <int N, int KSL, bool SS>
+    __device__ __forceinline__ void product(int (&acc)[N / 8][4], const uint32_t (&a)[KSL][4], const uint8_t *At,
+                                            int wg, bool more)
     {
         constexpr int KSC = WIDE_CHUNK / (4 * N * 32); /* k-steps a chunk */
         static_assert(KSC >= 1 && KSL % KSC == 0, "a product is whole chunks");
@@ -1261,7 +1285,11 @@ struct SRing {
             gp_wg_fence();
 #pragma unroll
             for (int ks = 0; ks < KSC; ks++)
-                gp_wgmma_s8<N>(acc, a[i * KSC + ks], gp_desc(b + ks * N * 32), more || i > 0 || ks > 0);
+                if constexpr (SS) /* A: the block's tile (to_afrags) */
+                    gp_wgmma_s8_ss<N>(acc, gp_desc(At + (i * KSC + ks) * 2048), gp_desc(b + ks * N * 32),
+                                      more || i > 0 || ks > 0);
+                else
+                    gp_wgmma_s8<N>(acc, a[i * KSC + ks], gp_desc(b + ks * N * 32), more || i > 0 || ks > 0);
             gp_wg_commit();
             gp_wg_wait0();
             if ((threadIdx.x & 31) == 0)
@@ -1273,13 +1301,15 @@ struct SRing {
 
 /* acc += A . W^T for a warp's NTL n8 tiles from tile nt0 and k-pair kp0 of
  * W (fragment order, kpt k-pairs a tile): mma.sync on fragments from global
- * memory, or in the wide way the ring's next chunks (more: as above). */
-template <bool WIDE, int NTL, int KSL>
-__device__ __forceinline__ void sprod(int (&acc)[NTL][4], const uint32_t (&a)[KSL][4], const uint4 *__restrict__ W,
-                                      int kpt, int nt0, int kp0, SRing &rg, int wg, bool more)
+ * memory, or in the wide way the ring's next chunks (more: as above), A
+ * from a or (SS) the block's A tile At. */
+template <bool WIDE, bool SS, int NTL, int KSL>
+__device__ __forceinline__ void sprod(int (&acc)[NTL][4], const uint32_t (&a)[KSL][4], const uint8_t *At,
+                                      const uint4 *__restrict__ W, int kpt, int nt0, int kp0, SRing &rg, int wg,
+                                      bool more)
 {
     if constexpr (WIDE)
-        rg.product<8 * NTL, KSL>(acc, a, wg, more);
+        rg.product<8 * NTL, KSL, SS>(acc, a, At, wg, more);
     else
         mma_tiles<NTL, KSL>(acc, a, W, kpt, nt0, kp0);
 }
@@ -1345,8 +1375,10 @@ __global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
     /* Hs: k-step kq of the hidden layer in fp16 at entries 2 kq, 2 kq + 1;
      * its int8 A fragments then go over entry 2 kq, which only the lane
      * that wrote it reads */
-    uint8_t *gs = sm + (WIDE ? WIDE_HEAD + (size_t)WIDE_NBUF * WIDE_CHUNK + r * S::smem(false, f) : 0);
-    uint4 *A = (uint4 *)gs, *Hs = A + KS * 32;
+    /* WIDE: the ring, the block's A tile, then each group's hidden layer and partials */
+    uint8_t *At = sm + WIDE_HEAD + (size_t)WIDE_NBUF * WIDE_CHUNK;
+    uint8_t *gs = WIDE ? At + KS * 2048 + r * (S::smem(false, f) - KS * 512) : sm;
+    uint4 *A = (uint4 *)gs, *Hs = A + (WIDE ? 0 : KS * 32);
     Grp gp = {(float2 *)(Hs + (size_t)f / 32 * 64), 0, c, WIDE ? 1 + r : 0};
     /* HIST: warp c's keys and values of head c for the block's rows */
     __half *Kst = (__half *)(gp.part + 2 * 4 * 16) + (size_t)c * 2 * 16 * LDK, *Vst = Kst + 16 * LDK;
@@ -1368,14 +1400,14 @@ __global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
         const int nkr = (L + 15) / 16 * 16;
         uint32_t a[KS][4];
         float sr0, sr1;
-        ln_quant_split<D>(x, ly.ln1_w, ly.ln1_b, A, gp, a, sr0, sr1);
+        ln_quant_split<D, WIDE>(x, ly.ln1_w, ly.ln1_b, A, gp, a, sr0, sr1, At);
         /* head c's k, then q (with the self score), then v */
         const int qt = c * 3 * HNT; /* the head's first n8 tile of qkv rows: q, k, v */
         float4 kf[HNT];
         {
             int acc[HNT][4];
             zero(acc);
-            sprod<WIDE, HNT, KS>(acc, a, ly.qkv, KS / 2, qt + HNT, 0, ring, c, false);
+            sprod<WIDE, true, HNT, KS>(acc, a, At, ly.qkv, KS / 2, qt + HNT, 0, ring, c, false);
 #pragma unroll
             for (int j = 0; j < HNT; j++) {
                 const int col = (qt + HNT + j) * 8 + t * 2;
@@ -1394,7 +1426,7 @@ __global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
         {
             int acc[HNT][4];
             zero(acc);
-            sprod<WIDE, HNT, KS>(acc, a, ly.qkv, KS / 2, qt, 0, ring, c, false);
+            sprod<WIDE, true, HNT, KS>(acc, a, At, ly.qkv, KS / 2, qt, 0, ring, c, false);
             float4 q[HNT];
             float d0 = 0.0f, d1 = 0.0f;
 #pragma unroll
@@ -1415,7 +1447,7 @@ __global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
         {
             int acc[HNT][4];
             zero(acc);
-            sprod<WIDE, HNT, KS>(acc, a, ly.qkv, KS / 2, qt + 2 * HNT, 0, ring, c, false);
+            sprod<WIDE, true, HNT, KS>(acc, a, At, ly.qkv, KS / 2, qt + 2 * HNT, 0, ring, c, false);
 #pragma unroll
             for (int j = 0; j < HNT; j++) {
                 const int col = (qt + 2 * HNT + j) * 8 + t * 2;
@@ -1455,11 +1487,11 @@ __global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
             }
             const float4 mx = across<true>(am0, 0.0f, am1, 0.0f, gp);
             const Quant q0 = quant_of(mx.x), q1 = quant_of(mx.z);
-            to_afrags<D>(ov, q0.mul, q1.mul, A, a, gp);
+            to_afrags<D, WIDE>(ov, q0.mul, q1.mul, A, a, gp, At);
             /* x += out(O), the warp's slice */
             int acc[SNT][4];
             zero(acc);
-            sprod<WIDE, SNT, KS>(acc, a, ly.out, KS / 2, c * SNT, 0, ring, c, false);
+            sprod<WIDE, true, SNT, KS>(acc, a, At, ly.out, KS / 2, c * SNT, 0, ring, c, false);
 #pragma unroll
             for (int j = 0; j < SNT; j++) {
                 const int col = (c * SNT + j) * 8 + t * 2;
@@ -1472,13 +1504,13 @@ __global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
          * order of its stream), in fp16 to Hs; quantized per whole row,
          * as on the CPU, once the row's maximum is known; down of the warp's
          * slice over every chunk, summed in int32, dequantized once */
-        ln_quant_split<D>(x, ly.ln2_w, ly.ln2_b, A, gp, a, sr0, sr1);
+        ln_quant_split<D, WIDE>(x, ly.ln2_w, ly.ln2_b, A, gp, a, sr0, sr1, At);
         __half2 hm0 = __float2half2_rn(0.0f), hm1 = hm0;
 #pragma unroll 1
         for (int u = WIDE ? c : 2 * c; u < f / 64; u += WIDE ? 4 : u & 1 ? 7 : 1) { /* the warp's 64-column units */
             int acc[8][4];
             zero(acc);
-            sprod<WIDE, 8, KS>(acc, a, ly.up, KS / 2, u * 8, 0, ring, c, false);
+            sprod<WIDE, true, 8, KS>(acc, a, At, ly.up, KS / 2, u * 8, 0, ring, c, false);
             __half2 h[8][2];
             gelu_tiles<8>(acc, sr0, sr1, ly.up_s + u * 64, ly.up_b + u * 64, h, hm0, hm1);
 #pragma unroll
@@ -1523,7 +1555,7 @@ __global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
                     const uint4 u = Hs[(2 * (ch * 4 + ks)) * 32 + lane];
                     a2[ks][0] = u.x, a2[ks][1] = u.y, a2[ks][2] = u.z, a2[ks][3] = u.w;
                 }
-                sprod<WIDE, SNT, 4>(dacc, a2, ly.down, f / 64, c * SNT, ch * 2, ring, c, ch > 0);
+                sprod<WIDE, false, SNT, 4>(dacc, a2, nullptr, ly.down, f / 64, c * SNT, ch * 2, ring, c, ch > 0);
             }
 #pragma unroll
             for (int j = 0; j < SNT; j++) {
@@ -1676,7 +1708,8 @@ template <int D> static void pick_split(gp_fast *f, int d_ffn)
 template <int D> static void pick_wide(gp_fast *f, int d_ffn)
 {
     f->wide_cand = split_kernel<D, false, 1, true>;
-    f->wide_smem = WIDE_HEAD + (size_t)WIDE_NBUF * WIDE_CHUNK + 4 * SCfg<D>::smem(false, d_ffn);
+    using S = SCfg<D>; /* the ring, the A tile, 4 groups' hidden layers and partials */
+    f->wide_smem = WIDE_HEAD + (size_t)WIDE_NBUF * WIDE_CHUNK + S::KS * 2048 + 4 * (S::smem(false, d_ffn) - S::KS * 512);
 }
 
 /* The stream of the wgmma way (FW::stream): per layer, the chunks in the

@@ -108,6 +108,58 @@ __device__ __forceinline__ void gp_wg_wait0()
 #endif
 }
 
+/* generic-proxy writes to shared memory visible to wgmma's reads of it
+ * (then a barrier) */
+__device__ __forceinline__ void gp_fence_async_smem()
+{
+#if GP_SM90A
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+
+/* d (+)= A . B^T over one k-step of 32, A (64 rows) from shared memory too
+ * (descriptor a, the layout of B's above with M for N). N: 32 or 64. */
+template <int N>
+__device__ __forceinline__ void gp_wgmma_s8_ss(int (&d)[N / 8][4], uint64_t a, uint64_t b, int acc);
+
+template <>
+__device__ __forceinline__ void gp_wgmma_s8_ss<32>(int (&d)[4][4], uint64_t a, uint64_t b, int acc)
+{
+#if GP_SM90A
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k32.s32.s8.s8 {"
+                 "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15"
+                 "}, %16, %17, p;\n}\n"
+                 : "+r"(d[0][0]), "+r"(d[0][1]), "+r"(d[0][2]), "+r"(d[0][3]), "+r"(d[1][0]), "+r"(d[1][1]),
+                   "+r"(d[1][2]), "+r"(d[1][3]), "+r"(d[2][0]), "+r"(d[2][1]), "+r"(d[2][2]), "+r"(d[2][3]),
+                   "+r"(d[3][0]), "+r"(d[3][1]), "+r"(d[3][2]), "+r"(d[3][3])
+                 : "l"(a), "l"(b), "r"(acc));
+#else
+    __trap();
+#endif
+}
+
+template <>
+__device__ __forceinline__ void gp_wgmma_s8_ss<64>(int (&d)[8][4], uint64_t a, uint64_t b, int acc)
+{
+#if GP_SM90A
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8 {"
+                 "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+                 "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
+                 "}, %32, %33, p;\n}\n"
+                 : "+r"(d[0][0]), "+r"(d[0][1]), "+r"(d[0][2]), "+r"(d[0][3]), "+r"(d[1][0]), "+r"(d[1][1]),
+                   "+r"(d[1][2]), "+r"(d[1][3]), "+r"(d[2][0]), "+r"(d[2][1]), "+r"(d[2][2]), "+r"(d[2][3]),
+                   "+r"(d[3][0]), "+r"(d[3][1]), "+r"(d[3][2]), "+r"(d[3][3]), "+r"(d[4][0]), "+r"(d[4][1]),
+                   "+r"(d[4][2]), "+r"(d[4][3]), "+r"(d[5][0]), "+r"(d[5][1]), "+r"(d[5][2]), "+r"(d[5][3]),
+                   "+r"(d[6][0]), "+r"(d[6][1]), "+r"(d[6][2]), "+r"(d[6][3]), "+r"(d[7][0]), "+r"(d[7][1]),
+                   "+r"(d[7][2]), "+r"(d[7][3])
+                 : "l"(a), "l"(b), "r"(acc));
+#else
+    __trap();
+#endif
+}
+
 /* d[j] (+)= A . B^T over one k-step of 32, for the N/8 column tiles of B
  * (descriptor b); acc 0: d = A . B^T. N: 32, 64 or 96, the widths the
  * streams' chunks have. */
