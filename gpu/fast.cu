@@ -1239,11 +1239,12 @@ __device__ __forceinline__ void ln_quant_split(const float4 (&x)[D / 32], const 
  * warps carries a whole tile of 64 rows as 4 groups of the split way's
  * 4 warps, warp w holding slice w / 4 of rows 16 (w % 4) ... So the 4 warps
  * of one slice are a warpgroup, and each product is one wgmma m64nNk32 per
- * warpgroup and k-step (A from the warps' registers as mma.sync takes it,
- * B from shared memory), over weights that thread 0 streams by the copy
- * engine into a ring of WIDE_NBUF chunks of WIDE_CHUNK bytes, one copy for
- * all 64 rows (the split way reads every weight once per 16 rows, through
- * L1, with its latency exposed at each k-step). A chunk is, for each of the
+ * warpgroup and k-step (A from the block's 64-row tile in shared memory
+ * that to_afrags writes, or for down from the warps' registers as mma.sync
+ * takes it; B from shared memory), over weights that thread 0 streams by
+ * the copy engine into a ring of WIDE_NBUF chunks of WIDE_CHUNK bytes, one
+ * copy for all 64 rows (the split way reads every weight once per 16 rows,
+ * through L1, with its latency exposed at each k-step). A chunk is, for each of the
  * 4 slices in turn, N rows (the slice's output columns) by WIDE_CHUNK / 4N
  * input columns in wgmma's layout (gpu/sm90.cuh); wide_plan lists them in
  * the order the kernel takes them. */
