@@ -99,7 +99,7 @@ struct FW {
     const uint8_t *stream;
     const uint32_t *stream_off;
     int n_chunks;
-    /* the wide way (split_kernel's WIDE candidates, sm_90a): n_wide chunks
+    /* the wide way (split_kernel's WIDE blocks, sm_90a): n_wide chunks
      * of WIDE_CHUNK bytes, in the order the kernel takes them (wide_plan) */
     const uint8_t *wide;
     int n_wide;
@@ -1075,6 +1075,13 @@ template <int D> struct SCfg {
     {
         return (size_t)KS * 512 + (size_t)f / 32 * 1024 + 2 * 4 * 16 * 8 + (hist ? 4 * stage_bytes : 0);
     }
+    /* the wide way's group of 4 warps: the hidden layer, where a history
+     * block also stages its keys and values (in the attention's phase),
+     * and the partials; the A fragments are the block's (one tile) */
+    static __host__ __device__ constexpr size_t wide_group(int f)
+    {
+        return ((size_t)f / 32 * 1024 > 4 * stage_bytes ? (size_t)f / 32 * 1024 : 4 * stage_bytes) + 2 * 4 * 16 * 8;
+    }
     static_assert(SKS >= 1 && DH % 32 == 0, "a head is whole k-steps");
 };
 
@@ -1235,8 +1242,8 @@ __device__ __forceinline__ void ln_quant_split(const float4 (&x)[D / 32], const 
     to_afrags<D, WIDE>(y, q0.mul, q1.mul, A, a, gp, At);
 }
 
-/* The wide way (split_kernel's WIDE candidates, sm_90a): a block of 16
- * warps carries a whole tile of 64 rows as 4 groups of the split way's
+/* The wide way (split_kernel's WIDE blocks, sm_90a): a block of 16 warps
+ * carries a whole tile of 64 rows (or history) as 4 groups of the split way's
  * 4 warps, warp w holding slice w / 4 of rows 16 (w % 4) ... So the 4 warps
  * of one slice are a warpgroup, and each product is one wgmma m64nNk32 per
  * warpgroup and k-step (A from the block's 64-row tile in shared memory
@@ -1250,6 +1257,13 @@ __device__ __forceinline__ void ln_quant_split(const float4 (&x)[D / 32], const 
  * the order the kernel takes them. */
 constexpr int WIDE_NBUF = 4, WIDE_CHUNK = 16384;
 constexpr size_t WIDE_HEAD = 128; /* the ring's barriers */
+/* Batches of at least this many requests whose candidates take the wide
+ * way run their history in it too, a block of 16 warps per request in
+ * place of a cluster of 4 blocks of 4: H200, teacher B=128 1,486 / 1,498
+ * -> 1,437 / 1,422 us, B=512 5,619 / 5,715 -> 5,420 / 5,408 us, but B=16
+ * 267 / 268 -> 332 / 333 us (16 SMs carry the history's chain instead of
+ * 64; bench/NOTES.md). RANKD_GPU_FAST=wide takes it at every size. */
+constexpr int WIDE_HIST_B = 128;
 
 struct SRing {
     const uint8_t *src; /* FW::wide, chunk k at k * WIDE_CHUNK */
@@ -1322,7 +1336,6 @@ template <int D, bool HIST, int MINB, bool WIDE = false>
 __global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
     split_kernel(const FW *__restrict__ fw, gp_batch bt, __half *kvc, unsigned long long *flags)
 {
-    static_assert(!WIDE || !HIST, "the wide way: candidates");
     using S = SCfg<D>;
     constexpr int DH = S::DH, SNT = S::SNT, KS = S::KS, QK = S::QK, HNT = SNT, LDK = S::LDK;
     extern __shared__ __align__(16) uint8_t sm[];
@@ -1331,7 +1344,7 @@ __global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
     const int r = WIDE ? warp & 3 : blockIdx.x & 3; /* which 16 rows */
     int b, first = 0, rows, row0 = r * 16;
     if (HIST) {
-        b = blockIdx.x >> 2;
+        b = WIDE ? blockIdx.x : blockIdx.x >> 2;
         rows = bt.n_hist[b];
     } else {
         const int4 tile = bt.tiles[WIDE ? blockIdx.x : blockIdx.x >> 2];
@@ -1343,7 +1356,7 @@ __global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
         pdl_launch_dependents();
     const int L = bt.n_hist[b], nl = fw->n_layers, f = fw->f;
     if (HIST && L == 0) { /* u = LN_f(0) = ln_f.bias; the cluster leaves together */
-        for (int i = threadIdx.x; i < D && r == 0; i += blockDim.x)
+        for (int i = threadIdx.x; i < D && (WIDE || r == 0); i += blockDim.x)
             bt.user_vec[(size_t)b * D + i] = fw->lnf_b[i];
         return;
     }
@@ -1378,11 +1391,13 @@ __global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
      * that wrote it reads */
     /* WIDE: the ring, the block's A tile, then each group's hidden layer and partials */
     uint8_t *At = sm + WIDE_HEAD + (size_t)WIDE_NBUF * WIDE_CHUNK;
-    uint8_t *gs = WIDE ? At + KS * 2048 + r * (S::smem(false, f) - KS * 512) : sm;
+    uint8_t *gs = WIDE ? At + KS * 2048 + r * S::wide_group(f) : sm;
     uint4 *A = (uint4 *)gs, *Hs = A + (WIDE ? 0 : KS * 32);
-    Grp gp = {(float2 *)(Hs + (size_t)f / 32 * 64), 0, c, WIDE ? 1 + r : 0};
-    /* HIST: warp c's keys and values of head c for the block's rows */
-    __half *Kst = (__half *)(gp.part + 2 * 4 * 16) + (size_t)c * 2 * 16 * LDK, *Vst = Kst + 16 * LDK;
+    Grp gp = {(float2 *)(WIDE ? gs + S::wide_group(f) - 2 * 4 * 16 * 8 : (uint8_t *)(Hs + (size_t)f / 32 * 64)), 0, c,
+              WIDE ? 1 + r : 0};
+    /* HIST: warp c's keys and values of head c for its 16 rows (WIDE: over the hidden layer) */
+    __half *Kst = (__half *)(WIDE ? (uint8_t *)Hs : (uint8_t *)(gp.part + 2 * 4 * 16)) + (size_t)c * 2 * 16 * LDK,
+           *Vst = Kst + 16 * LDK;
     const int tok0 = row0 + g, tok1 = tok0 + 8;
     const unsigned long long gen = *bt.call;
 
@@ -1464,8 +1479,11 @@ __global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
         if (HIST) { /* the block's keys and values of head c to the cache, then everyone's back */
             __syncwarp();
             store_kv<D, DH>(Kst, Vst, 0, row0, 16, kvl, c, 1, lane, 32);
-            cluster_sync();
-            if (r == 0 && threadIdx.x == 0) /* the cluster's layer l is in the cache */
+            if (WIDE)
+                __syncthreads();
+            else
+                cluster_sync();
+            if ((WIDE || r == 0) && threadIdx.x == 0) /* the cluster's (block's) layer l is in the cache */
                 flag_publish(&flags[b], gen << 8 | (unsigned)(l + 1));
         } else if (L > 0) {
             flag_wait(&flags[b], gen << 8 | (unsigned)(l + 1));
@@ -1675,8 +1693,8 @@ struct gp_fast {
     size_t split_hsmem, split_csmem;
     int split_fit; /* split_cand's blocks resident at once on the GPU */
     /* the wide way (sm_90a, d_model 128 and 256, d_ffn a multiple of 256), NULL where there is none */
-    kern_t wide_cand;
-    size_t wide_smem;
+    kern_t wide_hist, wide_cand;
+    size_t wide_smem; /* both kernels' */
     uint8_t *wide; /* FW::wide */
     int wide_from; /* FAST_AUTO: split batches of at least this many tiles take the wide way */
     unsigned long long *flags; /* per request: the history's layers done, call << 8 | n */
@@ -1708,9 +1726,10 @@ template <int D> static void pick_split(gp_fast *f, int d_ffn)
 
 template <int D> static void pick_wide(gp_fast *f, int d_ffn)
 {
+    f->wide_hist = split_kernel<D, true, 1, true>;
     f->wide_cand = split_kernel<D, false, 1, true>;
     using S = SCfg<D>; /* the ring, the A tile, 4 groups' hidden layers and partials */
-    f->wide_smem = WIDE_HEAD + (size_t)WIDE_NBUF * WIDE_CHUNK + S::KS * 2048 + 4 * (S::smem(false, d_ffn) - S::KS * 512);
+    f->wide_smem = WIDE_HEAD + (size_t)WIDE_NBUF * WIDE_CHUNK + S::KS * 2048 + 4 * S::wide_group(d_ffn);
 }
 
 /* The stream of the wgmma way (FW::stream): per layer, the chunks in the
@@ -1979,10 +1998,14 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
          * B = 128 (bench/NOTES.md) */
         s->wide_from = d == 256 ? s->split_fit / 4 + 1 : INT_MAX;
     }
-    if (s->wide_cand)
+    if (s->wide_cand) {
+        GP_TRY(cudaFuncSetAttribute((const void *)s->wide_hist, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)s->wide_smem),
+               "shared memory of the wide history kernel");
         GP_TRY(cudaFuncSetAttribute((const void *)s->wide_cand, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     (int)s->wide_smem),
                "shared memory of the wide candidate kernel");
+    }
     GP_TRY(cudaDeviceSynchronize(), "fast-path weight conversion");
     *out = s;
     return 0;
@@ -1999,11 +2022,17 @@ int gp_fast_run(gp_fast *s, cudaStream_t st, const gp_batch *b, char *err, size_
                        (s->mode == FAST_AUTO && s->split_hist && b->n_tiles < s->split_below);
     const bool wide = split && s->wide_cand &&
                       (s->mode == FAST_WIDE || (s->mode == FAST_AUTO && b->n_tiles >= s->wide_from));
+    const bool wide_hist = wide && (s->mode == FAST_WIDE || b->B >= WIDE_HIST_B);
     cudaLaunchAttribute at;
     cudaLaunchConfig_t lc = {};
     lc.stream = st;
     lc.attrs = &at;
-    if (split) { /* a cluster of 4 blocks of 16 rows per request */
+    if (wide_hist) { /* a block of 64 rows per request */
+        lc.numAttrs = 0;
+        lc.gridDim = dim3(b->B);
+        lc.blockDim = dim3(16 * 32);
+        lc.dynamicSmemBytes = s->wide_smem;
+    } else if (split) { /* a cluster of 4 blocks of 16 rows per request */
         at.id = cudaLaunchAttributeClusterDimension;
         at.val.clusterDim.x = 4, at.val.clusterDim.y = 1, at.val.clusterDim.z = 1;
         lc.numAttrs = 1;
@@ -2015,8 +2044,8 @@ int gp_fast_run(gp_fast *s, cudaStream_t st, const gp_batch *b, char *err, size_
         lc.blockDim = dim3(THREADS);
         lc.dynamicSmemBytes = s->hsmem;
     }
-    if (gp_cuda_err(cudaLaunchKernelEx(&lc, split ? s->split_hist : s->hist, (const FW *)s->d_w, *b, s->kv,
-                                       s->flags),
+    if (gp_cuda_err(cudaLaunchKernelEx(&lc, wide_hist ? s->wide_hist : split ? s->split_hist : s->hist,
+                                       (const FW *)s->d_w, *b, s->kv, s->flags),
                     "history kernel", err, errsz))
         return -1;
     if (b->n_tiles == 0)

@@ -421,12 +421,14 @@ START_TEST(test_int8_parity)
      * suite's GPUs, H100 and H200, have it and the wide way); the golden
      * shapes (small: the fast path's rows way, the others the generic
      * kernels) the engine's choice. The wide way computes what the split way
-     * does with other warps and instructions: the same bits. */
-    static const char *const paths[] = {"rows", "split", "wgmma", "wide"};
+     * does with other warps and instructions: the same bits. Forced, it runs
+     * the history that way too; the engine's own choice (auto) pairs it with
+     * the split way's history below WIDE_HIST_B requests (bigt here). */
+    static const char *const paths[] = {"rows", "split", "wgmma", "wide", "auto"};
     const size_t ns = (size_t)bt.B * bt.M, nu = (size_t)bt.B * bt.d;
     float *split_s = malloc(sizeof(float) * ns), *split_u = malloc(sizeof(float) * nu);
     ck_assert(split_s && split_u);
-    for (int p = 0; p < (_i < TU_N_CASES ? 1 : 4); p++) {
+    for (int p = 0; p < (_i < TU_N_CASES ? 1 : 5); p++) {
         const char *path = _i < TU_N_CASES ? "auto" : paths[p];
         if (!strcmp(path, "wgmma") && m->cfg.d_model != 128)
             continue;
