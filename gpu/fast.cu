@@ -1251,10 +1251,10 @@ __device__ __forceinline__ void ln_quant_split(const float4 (&x)[D / 32], const 
  * takes it; B from shared memory), over weights that thread 0 streams by
  * the copy engine into a ring of WIDE_NBUF chunks of WIDE_CHUNK bytes, one
  * copy for all 64 rows (the split way reads every weight once per 16 rows,
- * through L1, with its latency exposed at each k-step). A chunk is, for each of the
- * 4 slices in turn, N rows (the slice's output columns) by WIDE_CHUNK / 4N
- * input columns in wgmma's layout (gpu/sm90.cuh); wide_plan lists them in
- * the order the kernel takes them. */
+ * through L1, with its latency exposed at each k-step). A chunk is, for
+ * each of the 4 slices in turn, N rows (the slice's output columns) by
+ * WIDE_CHUNK / 4N input columns in wgmma's layout (gpu/sm90.cuh);
+ * wide_plan lists them in the order the kernel takes them. */
 constexpr int WIDE_NBUF = 4, WIDE_CHUNK = 16384;
 constexpr size_t WIDE_HEAD = 128; /* the ring's barriers */
 /* Batches of at least this many requests whose candidates take the wide
@@ -1331,7 +1331,7 @@ __device__ __forceinline__ void sprod(int (&acc)[NTL][4], const uint32_t (&a)[KS
 
 /* One block per 16 rows (blockIdx.x / 4: the user, HIST, in a cluster of
  * 4 blocks; else the candidate tile; blockIdx.x % 4: which 16 rows); WIDE:
- * one block of 16 warps per candidate tile, as above. */
+ * one block of 16 warps per candidate tile or history, as above. */
 template <int D, bool HIST, int MINB, bool WIDE = false>
 __global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
     split_kernel(const FW *__restrict__ fw, gp_batch bt, __half *kvc, unsigned long long *flags)
@@ -1361,7 +1361,8 @@ __global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
         return;
     }
     SRing ring = {};
-    if constexpr (WIDE) { /* every warp takes part in the products: rows past the last are item 0's, not written */
+    if constexpr (WIDE) { /* every warp takes part in the products: rows past the last (candidates: item 0's;
+                           * a history: zeros) are computed and never written out */
         ring.full = (uint64_t *)sm;
         ring.empty = ring.full + WIDE_NBUF;
         ring.buf = sm + WIDE_HEAD;
