@@ -1067,20 +1067,22 @@ template <int D> struct SCfg {
     static constexpr int DH = D / 4, SNT = DH / 8, KS = D / 32, SKS = DH / 32, QK = DH / 16, LDK = DH + 8;
     /* a warp's keys and values of its head for the block's 16 rows */
     static constexpr size_t stage_bytes = (size_t)2 * 16 * LDK * 2;
+    /* the cross-warp partials (Grp): two rounds of 4 warps x 16 rows of float2 */
+    static constexpr size_t part_bytes = (size_t)2 * 4 * 16 * 8;
     /* A fragments of D columns; the f hidden columns in fp16 (A-fragment
      * order, until their rows' maxima are known), then their int8 A
      * fragments in place; the cross-warp partials; a history block's
      * staging */
     static __host__ __device__ constexpr size_t smem(bool hist, int f)
     {
-        return (size_t)KS * 512 + (size_t)f / 32 * 1024 + 2 * 4 * 16 * 8 + (hist ? 4 * stage_bytes : 0);
+        return (size_t)KS * 512 + (size_t)f / 32 * 1024 + part_bytes + (hist ? 4 * stage_bytes : 0);
     }
     /* the wide way's group of 4 warps: the hidden layer, where a history
      * block also stages its keys and values (in the attention's phase),
      * and the partials; the A fragments are the block's (one tile) */
     static __host__ __device__ constexpr size_t wide_group(int f)
     {
-        return ((size_t)f / 32 * 1024 > 4 * stage_bytes ? (size_t)f / 32 * 1024 : 4 * stage_bytes) + 2 * 4 * 16 * 8;
+        return ((size_t)f / 32 * 1024 > 4 * stage_bytes ? (size_t)f / 32 * 1024 : 4 * stage_bytes) + part_bytes;
     }
     static_assert(SKS >= 1 && DH % 32 == 0, "a head is whole k-steps");
 };
@@ -1394,7 +1396,7 @@ __global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
     uint8_t *At = sm + WIDE_HEAD + (size_t)WIDE_NBUF * WIDE_CHUNK;
     uint8_t *gs = WIDE ? At + KS * 2048 + r * S::wide_group(f) : sm;
     uint4 *A = (uint4 *)gs, *Hs = A + (WIDE ? 0 : KS * 32);
-    Grp gp = {(float2 *)(WIDE ? gs + S::wide_group(f) - 2 * 4 * 16 * 8 : (uint8_t *)(Hs + (size_t)f / 32 * 64)), 0, c,
+    Grp gp = {(float2 *)(WIDE ? gs + S::wide_group(f) - S::part_bytes : (uint8_t *)(Hs + (size_t)f / 32 * 64)), 0, c,
               WIDE ? 1 + r : 0};
     /* HIST: warp c's keys and values of head c for its 16 rows (WIDE: over the hidden layer) */
     __half *Kst = (__half *)(WIDE ? (uint8_t *)Hs : (uint8_t *)(gp.part + 2 * 4 * 16)) + (size_t)c * 2 * 16 * LDK,
@@ -1700,7 +1702,7 @@ struct gp_fast {
     int wide_from; /* FAST_AUTO: split batches of at least this many tiles take the wide way */
     unsigned long long *flags; /* per request: the history's layers done, call << 8 | n */
     int pdl;                   /* sm_90: candidates launched alongside the history */
-    int mode;        /* FAST_AUTO, FAST_ROWS, FAST_SPLIT */
+    int mode;        /* FAST_AUTO, or the way RANKD_GPU_FAST forces */
     int split_below; /* FAST_AUTO: batches of fewer tiles take the split way */
 };
 
@@ -1867,7 +1869,7 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
         int optin = 0;
         cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
         if (s->wide_smem > (size_t)optin) /* a d_ffn too wide for its hidden layers on chip */
-            s->wide_cand = NULL;
+            s->wide_hist = s->wide_cand = NULL;
     }
     { /* RANKD_GPU_FAST=rows|wgmma|split|wide forces a path, for tests and comparisons */
         const char *m = getenv("RANKD_GPU_FAST");
@@ -1966,27 +1968,27 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
     GP_TRY(cudaMalloc(&s->flags, sizeof *s->flags * (size_t)max_batch), "history flags");
     GP_TRY(cudaMemset(s->flags, 0, sizeof *s->flags * (size_t)max_batch), "history flags");
     s->pdl = major >= 9;
-    GP_TRY(cudaFuncSetAttribute((const void *)s->hist, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s->hsmem),
-           "shared memory of the history kernel");
-    GP_TRY(cudaFuncSetAttribute((const void *)s->cand, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s->csmem),
-           "shared memory of the candidate kernel");
-    GP_TRY(cudaFuncSetAttribute((const void *)s->cand_few, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                (int)s->csmem),
-           "shared memory of the candidate kernel");
-    if (s->wg_cand)
-        GP_TRY(cudaFuncSetAttribute((const void *)s->wg_cand, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    (int)s->wg_smem),
-               "shared memory of the wgmma candidate kernel");
+    { /* each kernel's dynamic shared memory, over the 48 KB default where it needs it */
+        const struct {
+            kern_t k;
+            size_t bytes;
+            const char *what;
+        } lim[] = {{s->hist, s->hsmem, "shared memory of the history kernel"},
+                   {s->cand, s->csmem, "shared memory of the candidate kernel"},
+                   {s->cand_few, s->csmem, "shared memory of the candidate kernel"},
+                   {s->wg_cand, s->wg_smem, "shared memory of the wgmma candidate kernel"},
+                   {s->split_hist, s->split_hsmem, "shared memory of the split history kernel"},
+                   {s->split_cand, s->split_csmem, "shared memory of the split candidate kernel"},
+                   {s->split_cand_many, s->split_csmem, "shared memory of the split candidate kernel"},
+                   {s->wide_hist, s->wide_smem, "shared memory of the wide history kernel"},
+                   {s->wide_cand, s->wide_smem, "shared memory of the wide candidate kernel"}};
+        for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++)
+            if (lim[i].k) /* NULL: a way this GPU or model does not have */
+                GP_TRY(cudaFuncSetAttribute((const void *)lim[i].k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            (int)lim[i].bytes),
+                       lim[i].what);
+    }
     if (s->split_hist) {
-        GP_TRY(cudaFuncSetAttribute((const void *)s->split_hist, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    (int)s->split_hsmem),
-               "shared memory of the split history kernel");
-        GP_TRY(cudaFuncSetAttribute((const void *)s->split_cand, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    (int)s->split_csmem),
-               "shared memory of the split candidate kernel");
-        GP_TRY(cudaFuncSetAttribute((const void *)s->split_cand_many, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    (int)s->split_csmem),
-               "shared memory of the split candidate kernel");
         int per_sm = 0, sms = 0;
         GP_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, (const void *)s->split_cand, 4 * 32,
                                                              s->split_csmem),
@@ -1998,14 +2000,6 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
          * student's not at all, as fast as the split way at B = 16 and slower than the wgmma way from
          * B = 128 (bench/NOTES.md) */
         s->wide_from = d == 256 ? s->split_fit / 4 + 1 : INT_MAX;
-    }
-    if (s->wide_cand) {
-        GP_TRY(cudaFuncSetAttribute((const void *)s->wide_hist, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    (int)s->wide_smem),
-               "shared memory of the wide history kernel");
-        GP_TRY(cudaFuncSetAttribute((const void *)s->wide_cand, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    (int)s->wide_smem),
-               "shared memory of the wide candidate kernel");
     }
     GP_TRY(cudaDeviceSynchronize(), "fast-path weight conversion");
     *out = s;
