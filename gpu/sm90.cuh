@@ -108,11 +108,13 @@ __device__ __forceinline__ void gp_wg_wait0()
 #endif
 }
 
+
 /* the accumulators of n8 tiles as read-write asm operands: tile j, the first 4, 8 or 12 */
 #define GP_ACC4(d, j) "+r"(d[j][0]), "+r"(d[j][1]), "+r"(d[j][2]), "+r"(d[j][3])
 #define GP_ACC16(d) GP_ACC4(d, 0), GP_ACC4(d, 1), GP_ACC4(d, 2), GP_ACC4(d, 3)
 #define GP_ACC32(d) GP_ACC16(d), GP_ACC4(d, 4), GP_ACC4(d, 5), GP_ACC4(d, 6), GP_ACC4(d, 7)
 #define GP_ACC48(d) GP_ACC32(d), GP_ACC4(d, 8), GP_ACC4(d, 9), GP_ACC4(d, 10), GP_ACC4(d, 11)
+#define GP_ACC64(d) GP_ACC48(d), GP_ACC4(d, 12), GP_ACC4(d, 13), GP_ACC4(d, 14), GP_ACC4(d, 15)
 
 /* generic-proxy writes to shared memory visible to wgmma's reads of it
  * (then a barrier) */
@@ -120,6 +122,15 @@ __device__ __forceinline__ void gp_fence_async_smem()
 {
 #if GP_SM90A
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+
+/* generic-proxy writes to global memory (another block's, made visible to
+ * this thread by an acquire) ordered before this thread's copy-engine reads */
+__device__ __forceinline__ void gp_fence_async_global()
+{
+#if GP_SM90A
+    asm volatile("fence.proxy.async.global;" ::: "memory");
 #endif
 }
 
@@ -160,8 +171,8 @@ __device__ __forceinline__ void gp_wgmma_s8_ss<64>(int (&d)[8][4], uint64_t a, u
 }
 
 /* d[j] (+)= A . B^T over one k-step of 32, for the N/8 column tiles of B
- * (descriptor b); acc 0: d = A . B^T. N: 32, 64 or 96, the widths the
- * streams' chunks have. */
+ * (descriptor b); acc 0: d = A . B^T. N: 32, 64, 96 or 128, the widths
+ * the streams' chunks have. */
 template <int N>
 __device__ __forceinline__ void gp_wgmma_s8(int (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t b, int acc);
 
@@ -210,5 +221,48 @@ __device__ __forceinline__ void gp_wgmma_s8<96>(int (&d)[12][4], const uint32_t 
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(acc));
 #else
     __trap();
+#endif
+}
+
+template <>
+__device__ __forceinline__ void gp_wgmma_s8<128>(int (&d)[16][4], const uint32_t (&a)[4], uint64_t b, int acc)
+{
+#if GP_SM90A
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {"
+                 "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+                 "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+                 "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+                 "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63"
+                 "}, {%64,%65,%66,%67}, %68, p;\n}\n"
+                 : GP_ACC64(d)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(acc));
+#else
+    __trap();
+#endif
+}
+
+/* The accumulators' registers pinned where they are: after a wgmma wait, so
+ * that no read of them is scheduled before it (the wait names no register). */
+template <int NT> __device__ __forceinline__ void gp_wg_pin(int (&d)[NT][4])
+{
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+        asm volatile("" : "+r"(d[j][0]), "+r"(d[j][1]), "+r"(d[j][2]), "+r"(d[j][3])::"memory");
+}
+
+/* A warpgroup's registers per thread lowered or raised to N (sm_90a; the
+ * kernel needs a register cap at entry, __launch_bounds__(threads, 1)). */
+template <int N> __device__ __forceinline__ void gp_setmaxnreg_dec()
+{
+#if GP_SM90A
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(N));
+#endif
+}
+
+template <int N> __device__ __forceinline__ void gp_setmaxnreg_inc()
+{
+#if GP_SM90A
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(N));
 #endif
 }
