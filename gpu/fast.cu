@@ -38,7 +38,10 @@
  * and the teacher's, take the split way (split_kernel), where 4 warps
  * share each 16 rows; the teacher's candidates, once their grid would not
  * fit the GPU at once, run it as the wide way, 16 warps to a tile of 64
- * rows on wgmma (SRing, below). */
+ * rows on wgmma (SRing, below). The lean way (lean_kernel), for the
+ * student's shapes on sm_90a, only where forced for now, carries whole
+ * rows per warp with the fewest instructions it can, two tiles a block on
+ * weights a producer warpgroup streams. */
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -103,6 +106,13 @@ struct FW {
      * of WIDE_CHUNK bytes, in the order the kernel takes them (wide_plan) */
     const uint8_t *wide;
     int n_wide;
+    /* the lean way (lean_kernel, sm_90a): n_lean chunks, chunk k bytes
+     * lean_off[k] .. lean_off[k + 1] of lean (stream_plan); every layer's
+     * vectors, LCfg::vec_bytes each */
+    const uint8_t *lean;
+    const uint32_t *lean_off;
+    int n_lean;
+    const float4 *lean_vec;
 };
 
 template <int D, int DH> struct Cfg {
@@ -614,7 +624,7 @@ struct Attn {
     float ps0, ps1, i0, i1; /* rows g and g + 8 */
 };
 
-template <int D, int DH, bool HIST, bool SMEM>
+template <int D, int DH, bool HIST, bool SMEM, bool SKV = false>
 __device__ __forceinline__ Attn attend(const uint4 (&qf)[DH / 16], float2 ss, const __half *Kh, const __half *Vh,
                                        const uint2 *kvf, int h, int nkb, int L, int tok0, int tok1, float sl2,
                                        float (&o)[DH / 8][4])
@@ -637,8 +647,9 @@ __device__ __forceinline__ Attn attend(const uint4 (&qf)[DH / 16], float2 ss, co
                     bk = ldsm_x4(Kh + (size_t)(kb * 16 + (mat >> 1) * 8 + mr) * LDK + kk * 16 + (mat & 1) * 8,
                                  false);
                 } else {
-                    const uint2 k0 = ld_kv(&kvf[F::k(h, 2 * kb, kk, lane)]);
-                    const uint2 k1 = ld_kv(&kvf[F::k(h, 2 * kb + 1, kk, lane)]);
+                    const uint2 k0 = SKV ? kvf[F::k(h, 2 * kb, kk, lane)] : ld_kv(&kvf[F::k(h, 2 * kb, kk, lane)]);
+                    const uint2 k1 =
+                        SKV ? kvf[F::k(h, 2 * kb + 1, kk, lane)] : ld_kv(&kvf[F::k(h, 2 * kb + 1, kk, lane)]);
                     bk = make_uint4(k0.x, k0.y, k1.x, k1.y);
                 }
                 mma_f16(s[2 * kb], qf[kk], bk.x, bk.y);
@@ -690,8 +701,9 @@ __device__ __forceinline__ Attn attend(const uint4 (&qf)[DH / 16], float2 ss, co
                     bv = ldsm_x4(Vh + (size_t)(kb * 16 + (mat & 1) * 8 + mr) * LDK + np * 16 + (mat >> 1) * 8,
                                  true);
                 } else {
-                    const uint2 v0 = ld_kv(&kvf[F::v(h, kb, 2 * np, lane)]);
-                    const uint2 v1 = ld_kv(&kvf[F::v(h, kb, 2 * np + 1, lane)]);
+                    const uint2 v0 = SKV ? kvf[F::v(h, kb, 2 * np, lane)] : ld_kv(&kvf[F::v(h, kb, 2 * np, lane)]);
+                    const uint2 v1 =
+                        SKV ? kvf[F::v(h, kb, 2 * np + 1, lane)] : ld_kv(&kvf[F::v(h, kb, 2 * np + 1, lane)]);
                     bv = make_uint4(v0.x, v0.y, v1.x, v1.y);
                 }
                 mma_f16(o[2 * np], pf, bv.x, bv.y);
@@ -752,6 +764,47 @@ template <int D, bool HIST> struct Emb {
         return v;
     }
 };
+
+/* What a tile's rows answer, from the residual xs (this warp's slots in the
+ * accumulator layout; rows tok0, tok1): HIST, the user vector LN_f(x) of
+ * the newest event L - 1, by the quad that holds it; else the scores
+ * head . LN_f(x) + head_b of the rows under rows. Every lane of the warp
+ * takes part (the LayerNorm's shuffles). */
+template <int D, bool HIST>
+__device__ __forceinline__ void rows_out(const FW *fw, const gp_batch &bt, const float4 *xs, int b, int L, int first,
+                                         int rows, int tok0, int tok1)
+{
+    constexpr int NT = D / 8;
+    const int t = threadIdx.x & 3;
+    const Moments mo = moments<NT>(xs);
+    if (HIST) {
+        if (tok0 != L - 1 && tok1 != L - 1)
+            return;
+#pragma unroll 4
+        for (int j = 0; j < NT; j++) {
+            const float4 y = ln_at<NT>(xs, mo, fw->lnf_w, fw->lnf_b, j);
+            *(float2 *)&bt.user_vec[(size_t)b * D + j * 8 + t * 2] =
+                tok0 == L - 1 ? make_float2(y.x, y.y) : make_float2(y.z, y.w);
+        }
+        return;
+    }
+    float d0 = 0.0f, d1 = 0.0f;
+#pragma unroll 4
+    for (int j = 0; j < NT; j++) {
+        const float4 y = ln_at<NT>(xs, mo, fw->lnf_w, fw->lnf_b, j);
+        const float2 hw = ldg2(fw->head_w + j * 8 + t * 2);
+        d0 += y.x * hw.x + y.y * hw.y;
+        d1 += y.z * hw.x + y.w * hw.y;
+    }
+    d0 = gp_quad_sum(d0);
+    d1 = gp_quad_sum(d1);
+    if (t == 0) {
+        if (tok0 < rows)
+            bt.scores[first + tok0] = d0 + fw->head_b;
+        if (tok1 < rows)
+            bt.scores[first + tok1] = d1 + fw->head_b;
+    }
+}
 
 /* HIST: one block per user, row r = history token r (causal attention,
  * keys and values written to the cache); else one block per tile of up to
@@ -1007,39 +1060,8 @@ __global__ void __launch_bounds__(THREADS, MINB)
     }
     if (!HIST)
         pdl_wait_primary();
-    if (!live)
-        return;
-    const Moments mo = moments<NT>(xs);
-    if (HIST) { /* u = LN_f(x of the newest token) */
-        const int last = L - 1;
-        if (last >= warp * 16 && last < warp * 16 + 16) {
-            const bool lo = last == tok0, hi = last == tok1;
-            if (lo || hi)
-#pragma unroll 4
-                for (int j = 0; j < NT; j++) {
-                    const float4 y = ln_at<NT>(xs, mo, fw->lnf_w, fw->lnf_b, j);
-                    *(float2 *)&bt.user_vec[(size_t)b * D + j * 8 + t * 2] =
-                        lo ? make_float2(y.x, y.y) : make_float2(y.z, y.w);
-                }
-        }
-    } else { /* score = head . LN_f(x) + head_b */
-        float d0 = 0.0f, d1 = 0.0f;
-#pragma unroll 4
-        for (int j = 0; j < NT; j++) {
-            const float4 y = ln_at<NT>(xs, mo, fw->lnf_w, fw->lnf_b, j);
-            const float2 hw = ldg2(fw->head_w + j * 8 + t * 2);
-            d0 += y.x * hw.x + y.y * hw.y;
-            d1 += y.z * hw.x + y.w * hw.y;
-        }
-        d0 = gp_quad_sum(d0);
-        d1 = gp_quad_sum(d1);
-        if (t == 0) {
-            if (tok0 < rows)
-                bt.scores[first + tok0] = d0 + fw->head_b;
-            if (tok1 < rows)
-                bt.scores[first + tok1] = d1 + fw->head_b;
-        }
-    }
+    if (live)
+        rows_out<D, HIST>(fw, bt, xs, b, L, first, rows, tok0, tok1);
 }
 
 /* ---- the split path: four warps share each 16 rows ------------------------------------------------- */
@@ -1617,6 +1639,435 @@ __global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
     }
 }
 
+/* ---- the lean way: the student's candidates on wgmma, two warpgroups a block -------------------------- */
+
+/* For d_model 128 on sm_90a (docs/gpu.md, "The lean way"). A block is two
+ * consumer warpgroups, each carrying its own tile of 64 rows through the
+ * whole model (warp w of a group: rows 16w .. 16w + 15, whole rows, so
+ * every row-wise step, LayerNorm, quantization maxima, softmax, is a quad's
+ * shuffle, and a group's warps meet only at the wgmma they issue together
+ * and once a layer), and a producer warpgroup, one thread of which streams
+ * every weight of the model by the copy engine into a ring of LEAN_NB
+ * chunks of LEAN_CHUNK bytes shared by both groups (so one copy of a chunk
+ * serves 128 rows), and all layers' scales, biases and LayerNorm weights
+ * once, as float4 per column pair, so that an epilogue reads its column
+ * pair's scales and bias in one shared-memory load. Each product's A comes
+ * from registers, as the rows way computes it (pi order); B from the ring.
+ * The residual waits in the thread's own slots of shared memory. The
+ * arithmetic is the CPU's W8A8 rule, written for few instructions:
+ * LayerNorm in one pass over the row (E[x^2] - mean^2, as the split way),
+ * activations rounded to int8 by one fma against 1.5 x 2^23 (ties to even,
+ * as rintf, on the product unrounded), the FFN's hidden layer (GELU in
+ * half2, as gelu_tiles) held whole in registers until its rows' maxima are
+ * known, then quantized per whole row, as on the CPU, and the
+ * down-projection summed over all of it in int32 and dequantized once.
+ * Attention is the rows way's (attend); a candidate group reads the user's
+ * keys and values from its own copy of the cache in shared memory. HIST:
+ * the history, each head's keys and values staged for causal attention and
+ * written to the cache. */
+constexpr int LEAN_NB = 4, LEAN_CHUNK = 16384, LEAN_WGS = 2;
+/* Batches of at least this many candidate tiles take the lean way where it
+ * exists (auto): none yet, as it has not been measured faster than the
+ * split and wgmma ways (H100, bench/NOTES.md); RANKD_GPU_LEAN_TILES sets
+ * it, for measurements, RANKD_GPU_FAST=lean forces it. */
+constexpr int LEAN_TILES = INT_MAX;
+/* Lean batches of at least this many requests run the history in the lean
+ * way too, smaller ones in the split way's clusters of 4 blocks a request
+ * (RANKD_GPU_LEAN_HIST_B overrides it). */
+constexpr int LEAN_HIST_B = 32;
+/* a producer warpgroup (one thread of it streams; the registers it gives
+ * up, setmaxnreg, go to the two consumer groups) */
+constexpr int LEAN_THREADS = (LEAN_WGS + 1) * 128, LEAN_PROD_REGS = 40, LEAN_REGS = 232;
+static_assert(LEAN_PROD_REGS * 128 + LEAN_REGS * 128 * LEAN_WGS <= 65536, "the register file");
+constexpr size_t LEAN_HEAD = 1024; /* the barriers; then the ring */
+
+template <int F> struct LCfg {
+    static constexpr int D = 128, H = 4, DH = 32, KS = D / 32, NT = D / 8, NCH = F / 128;
+    /* a layer's vectors, float4 per column pair: {s, s', b, b'} of a linear
+     * layer (qkv in head order), {w, w', b, b'} of a LayerNorm */
+    static constexpr int V_QKV = 0, V_OUT = 3 * D / 2, V_UP = V_OUT + D / 2, V_DOWN = V_UP + F / 2,
+                         V_LN1 = V_DOWN + D / 2, V_LN2 = V_LN1 + D / 2, V_N = V_LN2 + D / 2;
+    static constexpr size_t vec_bytes = (size_t)V_N * 16;
+    static constexpr size_t xs_bytes = (size_t)4 * NT * 32 * 16; /* a group's residual */
+    static __host__ __device__ constexpr size_t smem(int n_layers)
+    {
+        return LEAN_HEAD + (size_t)LEAN_NB * LEAN_CHUNK + n_layers * vec_bytes + LEAN_WGS * xs_bytes;
+    }
+    /* a history group's keys and values of one head, fp16 rows LDK apart (ldmatrix on distinct banks) */
+    static constexpr int LDK = DH + 8;
+    static constexpr size_t kv_stage = (size_t)2 * 64 * LDK * 2;
+    static __host__ __device__ constexpr size_t smem_hist(int n_layers) { return smem(n_layers) + LEAN_WGS * kv_stage; }
+    /* a candidate group's copy of its user's keys and values of one layer (the cache, fragment order) */
+    static constexpr size_t kv_bytes = (size_t)2 * MAXK * D * 2;
+    static __host__ __device__ constexpr size_t smem_cand(int n_layers) { return smem(n_layers) + LEAN_WGS * kv_bytes; }
+    static_assert(F % 128 == 0 && NCH >= 1 && NCH <= LEAN_NB, "the down-projection's chunks fit the ring at once");
+};
+
+/* round(v mul) as int8, four at a time: v mul + 1.5 x 2^23 is rounded to
+ * an integer (ties to even) in one fma, whose low byte is then the int8 */
+__device__ __forceinline__ uint32_t q8m(float a, float b, float c, float d, float mul)
+{
+    const float M = 12582912.0f;
+    const uint32_t ua = __float_as_uint(fmaf(a, mul, M)), ub = __float_as_uint(fmaf(b, mul, M));
+    const uint32_t uc = __float_as_uint(fmaf(c, mul, M)), ud = __float_as_uint(fmaf(d, mul, M));
+    return __byte_perm(__byte_perm(ua, ub, 0x0040), __byte_perm(uc, ud, 0x0040), 0x5410);
+}
+
+/* The consumers' side of the ring: chunk s of the stream is in buffer s %
+ * LEAN_NB once its full barrier's phase (s / LEAN_NB) & 1 completes; a
+ * warp releases it with one arrival (8 a chunk) once the wgmmas that read
+ * it are done. */
+struct LRing {
+    const uint8_t *buf;
+    uint64_t *full, *empty;
+    int s;
+    __device__ __forceinline__ const uint8_t *take()
+    {
+        const int bi = s % LEAN_NB;
+        gp_mbar_wait(&full[bi], (unsigned)(s / LEAN_NB) & 1);
+        return buf + (size_t)bi * LEAN_CHUNK;
+    }
+    __device__ __forceinline__ void give(int back = 0) /* chunk s - back */
+    {
+        __syncwarp();
+        if ((threadIdx.x & 31) == 0)
+            gp_mbar_arrive(&empty[(s - back) % LEAN_NB]);
+    }
+};
+
+/* acc (+)= A . B^T over KSL k-steps of B at b (N rows of a chunk whose
+ * k-steps are kstride bytes apart), issued and committed, not waited for. */
+template <int N, int KSL>
+__device__ __forceinline__ void lean_mma(int (&acc)[N / 8][4], const uint32_t (&a)[KSL][4], const uint8_t *b,
+                                         int kstride, bool more)
+{
+    gp_wg_fence();
+#pragma unroll
+    for (int ks = 0; ks < KSL; ks++)
+        gp_wgmma_s8<N>(acc, a[ks], gp_desc(b + ks * kstride), more || ks > 0);
+    gp_wg_commit();
+}
+
+/* LN(x) of the warp's rows (xs: its residual slots) as the A fragments of
+ * the next product, and the rows' activation scales. */
+template <int D>
+__device__ __forceinline__ void lean_ln(const float4 *xs, const float4 *lnv, uint32_t (&a)[D / 32][4], float &sr0,
+                                        float &sr1)
+{
+    constexpr int NT = D / 8;
+    const int lane = threadIdx.x & 31, t = lane & 3;
+    float4 y[NT];
+    float s0 = 0.0f, q0 = 0.0f, s1 = 0.0f, q1 = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        y[j] = xs[j * 32 + lane];
+        s0 += y[j].x + y[j].y;
+        q0 = fmaf(y[j].x, y[j].x, fmaf(y[j].y, y[j].y, q0));
+        s1 += y[j].z + y[j].w;
+        q1 = fmaf(y[j].z, y[j].z, fmaf(y[j].w, y[j].w, q1));
+    }
+    s0 = gp_quad_sum(s0), q0 = gp_quad_sum(q0), s1 = gp_quad_sum(s1), q1 = gp_quad_sum(q1);
+    const float m0 = s0 * (1.0f / D), m1 = s1 * (1.0f / D);
+    const float r0 = 1.0f / sqrtf(fmaxf(q0 * (1.0f / D) - m0 * m0, 0.0f) + 1e-5f);
+    const float r1 = 1.0f / sqrtf(fmaxf(q1 * (1.0f / D) - m1 * m1, 0.0f) + 1e-5f);
+    const float n0 = -m0 * r0, n1 = -m1 * r1;
+    float am0 = 0.0f, am1 = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        const float4 w = lnv[4 * j + t];
+        y[j] = make_float4(fmaf(fmaf(y[j].x, r0, n0), w.x, w.z), fmaf(fmaf(y[j].y, r0, n0), w.y, w.w),
+                           fmaf(fmaf(y[j].z, r1, n1), w.x, w.z), fmaf(fmaf(y[j].w, r1, n1), w.y, w.w));
+        am0 = fmaxf(am0, fmaxf(fabsf(y[j].x), fabsf(y[j].y)));
+        am1 = fmaxf(am1, fmaxf(fabsf(y[j].z), fabsf(y[j].w)));
+    }
+    const Quant qa = quant_of(gp_quad_max(am0)), qb = quant_of(gp_quad_max(am1));
+    sr0 = qa.scale;
+    sr1 = qb.scale;
+#pragma unroll
+    for (int ks = 0; ks < D / 32; ks++) {
+        const float4 &v0 = y[4 * ks], &v1 = y[4 * ks + 1], &v2 = y[4 * ks + 2], &v3 = y[4 * ks + 3];
+        a[ks][0] = q8m(v0.x, v0.y, v1.x, v1.y, qa.mul);
+        a[ks][1] = q8m(v0.z, v0.w, v1.z, v1.w, qb.mul);
+        a[ks][2] = q8m(v2.x, v2.y, v3.x, v3.y, qa.mul);
+        a[ks][3] = q8m(v2.z, v2.w, v3.z, v3.w, qb.mul);
+    }
+}
+
+/* (float)sum * (s_row * s_col) + bias of one n8 tile's accumulators; v:
+ * the column pair's {s, s', b, b'} */
+__device__ __forceinline__ float4 lean_deq(const int (&c)[4], float r0, float r1, const float4 &v)
+{
+    return make_float4(fmaf((float)c[0], r0 * v.x, v.z), fmaf((float)c[1], r0 * v.y, v.w),
+                       fmaf((float)c[2], r1 * v.x, v.z), fmaf((float)c[3], r1 * v.y, v.w));
+}
+
+template <int F, bool ROLL, bool HIST>
+__global__ void __launch_bounds__(LEAN_THREADS, 1)
+    lean_kernel(const FW *__restrict__ fw, gp_batch bt, __half *kvc, unsigned long long *flags)
+{
+    using C = LCfg<F>;
+    constexpr int D = C::D, DH = C::DH, H = C::H, KS = C::KS, NT = C::NT, NCH = C::NCH, HNT = DH / 8, QK = DH / 16;
+    extern __shared__ __align__(16) uint8_t sm[];
+    uint64_t *full = (uint64_t *)sm, *empty = full + LEAN_NB, *vbar = empty + LEAN_NB, *kvbar = vbar + 1;
+    uint8_t *ring = sm + LEAN_HEAD;
+    const float4 *vec = (const float4 *)(ring + (size_t)LEAN_NB * LEAN_CHUNK);
+    const int nl = fw->n_layers, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int wg = __shfl_sync(0xffffffffu, threadIdx.x >> 7, 0); /* uniform, as ptxas can see */
+    if (HIST)
+        pdl_launch_dependents();
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < LEAN_NB; i++) {
+            gp_mbar_init(&full[i], 1);
+            gp_mbar_init(&empty[i], 4 * LEAN_WGS);
+        }
+        gp_mbar_init(vbar, 1);
+        for (int i = 0; i < LEAN_WGS; i++)
+            gp_mbar_init(&kvbar[i], 1);
+        gp_mbar_fence_init();
+    }
+    __syncthreads();
+    if (wg == 0) { /* the producer */
+        gp_setmaxnreg_dec<LEAN_PROD_REGS>();
+        if (threadIdx.x == 0) {
+            gp_bulk_load((void *)vec, fw->lean_vec, (unsigned)(nl * C::vec_bytes), vbar);
+            for (int k = 0; k < fw->n_lean; k++) {
+                const int bi = k % LEAN_NB;
+                if (k >= LEAN_NB)
+                    gp_mbar_wait(&empty[bi], (unsigned)(k / LEAN_NB - 1) & 1);
+                const uint32_t o = __ldg(&fw->lean_off[k]);
+                gp_bulk_load(ring + (size_t)bi * LEAN_CHUNK, fw->lean + o, __ldg(&fw->lean_off[k + 1]) - o, &full[bi]);
+            }
+        }
+        return;
+    }
+    gp_setmaxnreg_inc<LEAN_REGS>();
+    /* a group past the last tile (HIST: request) computes the block's first again and writes nothing */
+    const int tile_i = blockIdx.x * LEAN_WGS + wg - 1, n_tiles = HIST ? bt.B : bt.n_tiles;
+    const bool valid = tile_i < n_tiles;
+    int4 tile;
+    if (HIST)
+        tile = make_int4(valid ? tile_i : blockIdx.x * LEAN_WGS, 0, 0, 0);
+    else
+        tile = bt.tiles[valid ? tile_i : blockIdx.x * LEAN_WGS];
+    const int b = tile.x, first = tile.y, L = bt.n_hist[b], rows = !valid ? 0 : HIST ? L : tile.z;
+    const int wt = threadIdx.x & 127, tok0 = (warp & 3) * 16 + g, tok1 = tok0 + 8;
+    float4 *xs = (float4 *)(sm + C::smem(nl) - (size_t)(LEAN_WGS + 1 - wg) * C::xs_bytes) + (warp & 3) * NT * 32;
+    /* HIST: the group's staging of one head's keys and values, [64][LDK] each; else its copy of the cache */
+    __half *Ks = (__half *)(sm + C::smem(nl) + (size_t)(wg - 1) * C::kv_stage), *Vs = Ks + 64 * C::LDK;
+    const uint2 *kvs = (const uint2 *)(sm + C::smem(nl) + (size_t)(wg - 1) * C::kv_bytes);
+    const unsigned long long gen = *bt.call;
+    LRing rg = {ring, full, empty, 0};
+    auto group_sync = [&]() { asm volatile("bar.sync %0, 128;" ::"r"(wg) : "memory"); };
+
+    { /* embeddings (candidates past the tile's end: item 0's; history rows past L: zeros) */
+        const Emb<D, HIST> e(fw, bt, b, L, first, rows, tok0, tok1);
+#pragma unroll 4
+        for (int j = 0; j < NT; j++)
+            xs[j * 32 + lane] = e.at(j * 8 + t * 2);
+    }
+    gp_mbar_wait(vbar, 0);
+
+    const float sl2 = 1.4426950408889634f / sqrtf((float)DH);
+    const int nkr = (L + 15) / 16 * 16;
+    for (int l = 0; l < nl; l++) {
+        const float4 *lv = vec + (size_t)l * C::V_N;
+        __half *kvl = kvc + kv_off<D>(b, nl, l);
+        if (!HIST) { /* the user's keys and values of layer l into the group's copy, by the copy engine, once
+                      * the history has published them (one acquire a group, not one per thread, each of
+                      * which would invalidate the SM's L1) and every warp is done with the last layer's */
+            if (l > 0)
+                group_sync();
+            if (wt == 0 && L > 0) {
+                flag_wait(&flags[b], gen << 8 | (unsigned)(l + 1));
+                gp_fence_async_global();
+                gp_fence_async_smem();
+                gp_bulk_load((void *)kvs, kvl, (unsigned)C::kv_bytes, &kvbar[wg - 1]);
+            }
+        }
+        uint32_t a[KS][4];
+        float sr0, sr1;
+        lean_ln<D>(xs, lv + C::V_LN1, a, sr0, sr1);
+        /* per head: q, k, v (one chunk), then its attention; O kept in half2 */
+        uint32_t oh[H][HNT][2];
+        float om0 = 0.0f, om1 = 0.0f;
+        /* ROLL: the heads' loop is not unrolled (a quarter of its code, for the instruction cache), O's heads
+         * shifting down oh each iteration, so that they stay in registers */
+#pragma unroll(ROLL ? 1 : H)
+        for (int h = 0; h < H; h++) {
+            int acc[3 * HNT][4];
+            lean_mma<3 * DH, KS>(acc, a, rg.take(), 3 * DH * 32, false);
+            gp_wg_wait0();
+            gp_wg_pin(acc);
+            rg.give();
+            rg.s++;
+            uint4 qf[QK];
+            float d0 = 0.0f, d1 = 0.0f;
+            uint32_t vs[HNT][2];
+            {
+                float4 q[HNT];
+#pragma unroll
+                for (int j = 0; j < HNT; j++) {
+                    q[j] = lean_deq(acc[j], sr0, sr1, lv[C::V_QKV + h * 3 * DH / 2 + 4 * j + t]);
+                    const float4 k = lean_deq(acc[HNT + j], sr0, sr1, lv[C::V_QKV + h * 3 * DH / 2 + 4 * (HNT + j) + t]);
+                    const float4 v =
+                        lean_deq(acc[2 * HNT + j], sr0, sr1, lv[C::V_QKV + h * 3 * DH / 2 + 4 * (2 * HNT + j) + t]);
+                    d0 = fmaf(q[j].x, k.x, fmaf(q[j].y, k.y, d0));
+                    d1 = fmaf(q[j].z, k.z, fmaf(q[j].w, k.w, d1));
+                    vs[j][0] = h2u(v.x, v.y);
+                    vs[j][1] = h2u(v.z, v.w);
+                    if (HIST) {
+                        const int c = j * 8 + t * 2;
+                        *(uint32_t *)&Ks[tok0 * C::LDK + c] = h2u(k.x, k.y);
+                        *(uint32_t *)&Ks[tok1 * C::LDK + c] = h2u(k.z, k.w);
+                        *(uint32_t *)&Vs[tok0 * C::LDK + c] = vs[j][0];
+                        *(uint32_t *)&Vs[tok1 * C::LDK + c] = vs[j][1];
+                    }
+                }
+#pragma unroll
+                for (int kk = 0; kk < QK; kk++)
+                    qf[kk] = make_uint4(h2u(q[2 * kk].x, q[2 * kk].y), h2u(q[2 * kk].z, q[2 * kk].w),
+                                        h2u(q[2 * kk + 1].x, q[2 * kk + 1].y), h2u(q[2 * kk + 1].z, q[2 * kk + 1].w));
+            }
+            float o[HNT][4];
+            Attn at;
+            if (HIST) { /* head h's keys and values to the cache, then causal attention from the staging */
+                group_sync();
+                if (valid)
+                    store_kv<D, DH>(Ks, Vs, 0, 0, nkr, kvl, h, 1, wt, 128);
+                at = attend<D, DH, true, true>(qf, make_float2(0.0f, 0.0f), Ks, Vs, NULL, h, (warp & 3) + 1, L, tok0,
+                                               tok1, sl2, o);
+                group_sync(); /* before the next head's keys and values overwrite these */
+                if (h == H - 1 && valid && wt == 0) /* the group's layer l is in the cache */
+                    flag_publish(&flags[b], gen << 8 | (unsigned)(l + 1));
+            } else {
+                const float2 ss = make_float2(gp_quad_sum(d0), gp_quad_sum(d1));
+                if (h == 0 && L > 0)
+                    gp_mbar_wait(&kvbar[wg - 1], (unsigned)l & 1);
+                at = attend<D, DH, false, false, true>(qf, ss, NULL, NULL, kvs, h, nkr / 16, L, tok0, tok1, sl2, o);
+            }
+#pragma unroll
+            for (int i = 0; i + 1 < H; i++)
+#pragma unroll
+                for (int j = 0; j < HNT; j++)
+                    oh[i][j][0] = oh[i + 1][j][0], oh[i][j][1] = oh[i + 1][j][1];
+#pragma unroll
+            for (int j = 0; j < HNT; j++) {
+                const float2 v0 = u2f(vs[j][0]), v1 = u2f(vs[j][1]);
+                const float4 y = make_float4(fmaf(at.ps0, v0.x, o[j][0]) * at.i0, fmaf(at.ps0, v0.y, o[j][1]) * at.i0,
+                                             fmaf(at.ps1, v1.x, o[j][2]) * at.i1, fmaf(at.ps1, v1.y, o[j][3]) * at.i1);
+                oh[H - 1][j][0] = h2u(y.x, y.y);
+                oh[H - 1][j][1] = h2u(y.z, y.w);
+                om0 = fmaxf(om0, fmaxf(fabsf(y.x), fabsf(y.y)));
+                om1 = fmaxf(om1, fmaxf(fabsf(y.z), fabsf(y.w)));
+            }
+        }
+        { /* x += out(O): O quantized per whole row (head h is k-step h) */
+            const Quant q0 = quant_of_half(gp_quad_max(om0)), q1 = quant_of_half(gp_quad_max(om1));
+            const __half2 mul0 = __float2half2_rn(q0.mul), mul1 = __float2half2_rn(q1.mul);
+#pragma unroll
+            for (int h = 0; h < H; h++) {
+                const __half2 *p = (const __half2 *)oh[h];
+                a[h][0] = q8w(p[0], p[2], mul0);
+                a[h][1] = q8w(p[1], p[3], mul1);
+                a[h][2] = q8w(p[4], p[6], mul0);
+                a[h][3] = q8w(p[5], p[7], mul1);
+            }
+            int acc[NT][4];
+            lean_mma<D, KS>(acc, a, rg.take(), D * 32, false);
+            gp_wg_wait0();
+            gp_wg_pin(acc);
+            rg.give();
+            rg.s++;
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                const float4 y = lean_deq(acc[j], q0.scale, q1.scale, lv[C::V_OUT + 4 * j + t]);
+                float4 &x = xs[j * 32 + lane];
+                x = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
+            }
+        }
+        /* x += down(gelu(up(LN2(x)))): the hidden layer whole in half2,
+         * quantized per whole row; down summed over it in int32 */
+        lean_ln<D>(xs, lv + C::V_LN2, a, sr0, sr1);
+        __half2 hid[NCH][16][2];
+        __half2 hm0 = __float2half2_rn(0.0f), hm1 = hm0;
+#pragma unroll
+        for (int c = 0; c < NCH; c++) {
+            const uint8_t *bc = rg.take();
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                int acc[8][4];
+                lean_mma<64, KS>(acc, a, bc + hf * 2048, 128 * 32, false);
+                gp_wg_wait0();
+                gp_wg_pin(acc);
+                if (hf == 1)
+                    rg.give();
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    const float4 v = lv[C::V_UP + c * 64 + hf * 32 + 4 * j + t];
+                    const int jj = hf * 8 + j;
+                    hid[c][jj][0] = gelu2(h2sat(fmaf((float)acc[j][0], sr0 * v.x, v.z),
+                                                fmaf((float)acc[j][1], sr0 * v.y, v.w)));
+                    hid[c][jj][1] = gelu2(h2sat(fmaf((float)acc[j][2], sr1 * v.x, v.z),
+                                                fmaf((float)acc[j][3], sr1 * v.y, v.w)));
+                    hm0 = __hmax2(hm0, __habs2(hid[c][jj][0]));
+                    hm1 = __hmax2(hm1, __habs2(hid[c][jj][1]));
+                }
+            }
+            rg.s++;
+        }
+        {
+            const float2 m0 = __half22float2(hm0), m1 = __half22float2(hm1);
+            const Quant q0 = quant_of_half(gp_quad_max(fmaxf(m0.x, m0.y)));
+            const Quant q1 = quant_of_half(gp_quad_max(fmaxf(m1.x, m1.y)));
+            const __half2 mul0 = __float2half2_rn(q0.mul), mul1 = __float2half2_rn(q1.mul);
+            uint32_t a2[4 * NCH][4];
+#pragma unroll
+            for (int c = 0; c < NCH; c++)
+#pragma unroll
+                for (int kk = 0; kk < 4; kk++) {
+                    a2[4 * c + kk][0] = q8w(hid[c][4 * kk][0], hid[c][4 * kk + 1][0], mul0);
+                    a2[4 * c + kk][1] = q8w(hid[c][4 * kk][1], hid[c][4 * kk + 1][1], mul1);
+                    a2[4 * c + kk][2] = q8w(hid[c][4 * kk + 2][0], hid[c][4 * kk + 3][0], mul0);
+                    a2[4 * c + kk][3] = q8w(hid[c][4 * kk + 2][1], hid[c][4 * kk + 3][1], mul1);
+                }
+            const uint8_t *bc[NCH]; /* every down chunk landed, then their wgmmas back to back */
+#pragma unroll
+            for (int c = 0; c < NCH; c++) {
+                bc[c] = rg.take();
+                rg.s++;
+            }
+            int acc[NT][4];
+            gp_wg_fence();
+#pragma unroll
+            for (int c = 0; c < NCH; c++)
+#pragma unroll
+                for (int kk = 0; kk < 4; kk++)
+                    gp_wgmma_s8<D>(acc, a2[4 * c + kk], gp_desc(bc[c] + kk * D * 32), c > 0 || kk > 0);
+            gp_wg_commit();
+            gp_wg_wait0();
+            gp_wg_pin(acc);
+#pragma unroll
+            for (int c = 0; c < NCH; c++)
+                rg.give(NCH - c);
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                const float4 y = lean_deq(acc[j], q0.scale, q1.scale, lv[C::V_DOWN + 4 * j + t]);
+                float4 &x = xs[j * 32 + lane];
+                x = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
+            }
+        }
+    }
+    if (HIST && valid && L == 0) { /* with no history, u = LN_f(0) = ln_f.bias */
+        for (int i = wt; i < D; i += 128)
+            bt.user_vec[(size_t)b * D + i] = fw->lnf_b[i];
+        return;
+    }
+    if (!HIST)
+        pdl_wait_primary();
+    if (valid) /* rows: 0 in a group past the last tile, L for a history */
+        rows_out<D, HIST>(fw, bt, xs, b, L, first, rows, tok0, tok1);
+}
+
 /* ---- one-time conversion of the weights ----------------------------------------------------------- */
 
 /* pi: A-fragment position p (0..31) of a k-step -> the input column (0..31)
@@ -1676,6 +2127,15 @@ __global__ void to_head_order(const float *src, int d, int dh, float *dst)
         dst[n] = src[head_row(n, d, dh)];
 }
 
+/* n / 2 float4 {s[2i], s[2i + 1], b[2i], b[2i + 1]}: a column pair's
+ * scales and biases (or LayerNorm weights and biases), the lean way's
+ * vectors. */
+__global__ void to_pairs(const float *s, const float *b, int n, float4 *dst)
+{
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n / 2; i += gridDim.x * blockDim.x)
+        dst[i] = make_float4(s[2 * i], s[2 * i + 1], b[2 * i], b[2 * i + 1]);
+}
+
 static_assert(LM_MAX_LAYERS < 256, "the history flags count layers in 8 bits");
 typedef void (*kern_t)(const FW *, gp_batch, __half *, unsigned long long *);
 
@@ -1700,13 +2160,19 @@ struct gp_fast {
     size_t wide_smem; /* both kernels' */
     uint8_t *wide; /* FW::wide */
     int wide_from; /* FAST_AUTO: split batches of at least this many tiles take the wide way */
+    /* the lean way (sm_90a, d_model 128, d_ffn 256 or 512), NULL where there is none */
+    kern_t lean_hist, lean_cand;
+    size_t lean_hsmem, lean_smem;
+    int lean_from;      /* FAST_AUTO: batches of at least this many tiles take the lean way */
+    int lean_hist_from; /* lean batches of at least this many requests run the lean history, else the split way's */
+    uint8_t *lean; /* FW::lean, its offsets, then the vectors */
     unsigned long long *flags; /* per request: the history's layers done, call << 8 | n */
     int pdl;                   /* sm_90: candidates launched alongside the history */
     int mode;        /* FAST_AUTO, or the way RANKD_GPU_FAST forces */
     int split_below; /* FAST_AUTO: batches of fewer tiles take the split way */
 };
 
-enum { FAST_AUTO, FAST_ROWS, FAST_WGMMA, FAST_SPLIT, FAST_WIDE };
+enum { FAST_AUTO, FAST_ROWS, FAST_WGMMA, FAST_SPLIT, FAST_WIDE, FAST_LEAN };
 
 template <int D, int DH> static void pick(gp_fast *f)
 {
@@ -1735,17 +2201,22 @@ template <int D> static void pick_wide(gp_fast *f, int d_ffn)
     f->wide_smem = WIDE_HEAD + (size_t)WIDE_NBUF * WIDE_CHUNK + S::KS * 2048 + 4 * S::wide_group(d_ffn);
 }
 
-/* The stream of the wgmma way (FW::stream): per layer, the chunks in the
- * order fast_kernel's products take them: qkv per head (3 x dh rows), out
- * per 64 rows, then per 128 hidden columns the up chunks and the down
- * chunks (64 rows each; down: those 128 input columns). Returns the
- * chunks' count, their offsets in off (n + 1; NULL: count only). */
-static int stream_plan(const lm_config *c, uint32_t *off, const gp_weights *w, uint8_t *dst)
+/* The weight streams of the wgmma way (FW::stream) and the lean way
+ * (FW::lean): per layer, the chunks in the order their kernels take them,
+ * each in wgmma's layout with input columns permuted (to_stream): first
+ * each head's q, k, v rows (3 dh x d); then, the wgmma way (fast_kernel),
+ * out per 64 rows and per 128 hidden columns the two up chunks and the down
+ * chunks (64 rows each; down: those 128 input columns); the lean way
+ * (lean_kernel), out whole (d rows), every up chunk of 128 hidden columns,
+ * then every down chunk (d rows by its 128 hidden columns). Writes the
+ * chunks' offsets to off (n + 1) and their bytes to dst, each where not
+ * NULL; returns the chunks' count. */
+static int stream_plan(const lm_config *c, bool lean, uint32_t *off, const gp_weights *w, uint8_t *dst)
 {
     const int d = c->d_model, dh = d / c->n_heads, f = c->d_ffn;
     int n = 0;
     uint32_t at = 0;
-    auto emit = [&](const gp_lin *m, int n0, int rows, int k0, int head) {
+    auto emit = [&](const gp_lin *m, int n0, int rows, int k0, bool head) {
         if (off)
             off[n] = at;
         if (dst)
@@ -1756,14 +2227,22 @@ static int stream_plan(const lm_config *c, uint32_t *off, const gp_weights *w, u
     for (int l = 0; l < c->n_layers; l++) {
         const gp_layer *g = w ? &w->layers[l] : NULL;
         for (int h = 0; h < c->n_heads; h++)
-            emit(g ? &g->qkv : NULL, h * 3 * dh, 3 * dh, 0, 1);
+            emit(g ? &g->qkv : NULL, h * 3 * dh, 3 * dh, 0, true);
+        if (lean) {
+            emit(g ? &g->out : NULL, 0, d, 0, false);
+            for (int c0 = 0; c0 < f; c0 += 128)
+                emit(g ? &g->up : NULL, c0, 128, 0, false);
+            for (int c0 = 0; c0 < f; c0 += 128)
+                emit(g ? &g->down : NULL, 0, d, c0, false);
+            continue;
+        }
         for (int ng = 0; ng < d / 64; ng++)
-            emit(g ? &g->out : NULL, ng * 64, 64, 0, 0);
+            emit(g ? &g->out : NULL, ng * 64, 64, 0, false);
         for (int c0 = 0; c0 < f; c0 += 128) {
-            emit(g ? &g->up : NULL, c0, 64, 0, 0);
-            emit(g ? &g->up : NULL, c0 + 64, 64, 0, 0);
+            emit(g ? &g->up : NULL, c0, 64, 0, false);
+            emit(g ? &g->up : NULL, c0 + 64, 64, 0, false);
             for (int ng = 0; ng < d / 64; ng++)
-                emit(g ? &g->down : NULL, ng * 64, 64, c0, 0);
+                emit(g ? &g->down : NULL, ng * 64, 64, c0, false);
         }
     }
     if (off)
@@ -1800,6 +2279,41 @@ static int wide_plan(const lm_config *c, const gp_weights *w, uint8_t *dst)
     return n;
 }
 
+/* A weight stream (stream_plan; lean: the lean way's, else the wgmma
+ * way's) on the device in one allocation, *buf: the chunks, their n + 1
+ * offsets after them (*off, *n), then extra bytes at *at (16-aligned) for
+ * the caller. 0, or -1 with err. */
+static int upload_stream(const lm_config *c, bool lean, const gp_weights *w, size_t extra, uint8_t **buf,
+                         const uint32_t **off, int *n, size_t *at, char *err, size_t errsz)
+{
+    const int k = stream_plan(c, lean, NULL, NULL, NULL);
+    const size_t offb = sizeof(uint32_t) * (k + 1);
+    uint32_t *h = (uint32_t *)malloc(offb);
+    if (!h)
+        return cm_errf(err, errsz, "gpu fast path: out of memory");
+    stream_plan(c, lean, h, NULL, NULL);
+    const size_t bytes = h[k];
+    *at = bytes + (offb + 15) / 16 * 16;
+    cudaError_t e = cudaMalloc(buf, *at + extra);
+    if (e == cudaSuccess)
+        e = cudaMemcpy(*buf + bytes, h, offb, cudaMemcpyHostToDevice);
+    free(h);
+    if (e == cudaSuccess) {
+        stream_plan(c, lean, NULL, w, *buf);
+        e = cudaGetLastError();
+    }
+    *off = (const uint32_t *)(*buf + bytes);
+    *n = k;
+    return gp_cuda_err(e, lean ? "lean-way weight stream" : "wgmma weight stream", err, errsz);
+}
+
+/* An integer from the environment, dflt where it is unset or empty. */
+static int env_int(const char *name, int dflt)
+{
+    const char *v = getenv(name);
+    return v && *v ? atoi(v) : dflt;
+}
+
 int gp_fast_supports(const gp_weights *w, char *why, size_t whysz)
 {
     const lm_config *c = &w->cfg;
@@ -1829,6 +2343,7 @@ void gp_fast_free(gp_fast *f)
     cudaFree(f->pool);
     cudaFree(f->stream);
     cudaFree(f->wide);
+    cudaFree(f->lean);
     cudaFree(f->kv);
     cudaFree(f->flags);
     free(f);
@@ -1871,6 +2386,23 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
         if (s->wide_smem > (size_t)optin) /* a d_ffn too wide for its hidden layers on chip */
             s->wide_hist = s->wide_cand = NULL;
     }
+    if (major == 9 && minor == 0 && d == 128 && (f == 256 || f == 512)) { /* the lean way: sm_90a */
+        /* measurement switches: RANKD_GPU_LEAN_ROLL=1 the heads' loop rolled; where auto starts the lean way
+         * (tiles) and its own history (requests) */
+        const bool roll = env_int("RANKD_GPU_LEAN_ROLL", 0) > 0;
+        s->lean_cand = f == 256 ? (roll ? lean_kernel<256, true, false> : lean_kernel<256, false, false>)
+                                : (roll ? lean_kernel<512, true, false> : lean_kernel<512, false, false>);
+        s->lean_hist = f == 256 ? (roll ? lean_kernel<256, true, true> : lean_kernel<256, false, true>)
+                                : (roll ? lean_kernel<512, true, true> : lean_kernel<512, false, true>);
+        s->lean_smem = f == 256 ? LCfg<256>::smem_cand(nl) : LCfg<512>::smem_cand(nl);
+        s->lean_hsmem = f == 256 ? LCfg<256>::smem_hist(nl) : LCfg<512>::smem_hist(nl);
+        int optin = 0;
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+        if (s->lean_hsmem > (size_t)optin || s->lean_smem > (size_t)optin) /* too many layers' vectors */
+            s->lean_cand = s->lean_hist = NULL;
+        s->lean_from = env_int("RANKD_GPU_LEAN_TILES", LEAN_TILES);
+        s->lean_hist_from = env_int("RANKD_GPU_LEAN_HIST_B", LEAN_HIST_B);
+    }
     { /* RANKD_GPU_FAST=rows|wgmma|split|wide forces a path, for tests and comparisons */
         const char *m = getenv("RANKD_GPU_FAST");
         s->mode = !m || !*m || !strcmp(m, "auto") ? FAST_AUTO
@@ -1878,11 +2410,16 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
                   : !strcmp(m, "wgmma")           ? FAST_WGMMA
                   : !strcmp(m, "split")           ? FAST_SPLIT
                   : !strcmp(m, "wide")            ? FAST_WIDE
+                  : !strcmp(m, "lean")            ? FAST_LEAN
                                                   : -1;
         if (s->mode < 0 || (s->mode == FAST_SPLIT && !s->split_hist) || (s->mode == FAST_WGMMA && !s->wg_cand) ||
-            (s->mode == FAST_WIDE && !s->wide_cand)) {
+            (s->mode == FAST_WIDE && !s->wide_cand) || (s->mode == FAST_LEAN && !s->lean_cand)) {
             if (s->mode < 0)
-                cm_errf(err, errsz, "RANKD_GPU_FAST is '%s': it takes auto, rows, wgmma, split or wide", m);
+                cm_errf(err, errsz, "RANKD_GPU_FAST is '%s': it takes auto, rows, wgmma, split, wide or lean", m);
+            else if (s->mode == FAST_LEAN)
+                cm_errf(err, errsz, "RANKD_GPU_FAST is lean, which needs d_model 128 (here %d), d_ffn 256 or 512 "
+                        "(here %d), at most 3 layers (here %d: every layer's vectors in shared memory) and a GPU "
+                        "of compute capability 9.0 (here %d.%d)", d, f, nl, major, minor);
             else if (s->mode == FAST_WIDE)
                 cm_errf(err, errsz, "RANKD_GPU_FAST is wide, which needs d_model 128 or 256 (here %d), d_ffn a "
                         "multiple of 256 that fits shared memory (here %d) and a GPU of compute capability 9.0 "
@@ -1935,24 +2472,10 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
     fw.head_w = w->head_w;
     fw.head_b = w->head_b;
     if (s->wg_cand) { /* the wgmma way's stream, its offsets after it */
-        const int n = stream_plan(c, NULL, NULL, NULL);
-        uint32_t *off = (uint32_t *)malloc(sizeof *off * (n + 1));
-        if (!off) {
-            cm_errf(err, errsz, "gpu fast path: out of memory");
+        size_t at;
+        if (upload_stream(c, false, w, 0, &s->stream, &fw.stream_off, &fw.n_chunks, &at, err, errsz))
             goto fail;
-        }
-        stream_plan(c, off, NULL, NULL);
-        const size_t bytes = off[n];
-        cudaError_t e = cudaMalloc(&s->stream, bytes + sizeof *off * (n + 1));
-        if (e == cudaSuccess)
-            e = cudaMemcpy(s->stream + bytes, off, sizeof *off * (n + 1), cudaMemcpyHostToDevice);
-        free(off);
-        GP_TRY(e, "wgmma weight stream");
-        stream_plan(c, NULL, w, s->stream);
-        GP_TRY(cudaGetLastError(), "wgmma weight stream");
         fw.stream = s->stream;
-        fw.stream_off = (const uint32_t *)(s->stream + bytes);
-        fw.n_chunks = n;
     }
     if (s->wide_cand) { /* the wide way's stream */
         const int n = wide_plan(c, NULL, NULL);
@@ -1961,6 +2484,28 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
         GP_TRY(cudaGetLastError(), "wide-way weight stream");
         fw.wide = s->wide;
         fw.n_wide = n;
+    }
+    if (s->lean_cand) { /* the lean way's stream, its offsets, then every layer's vectors */
+        const int nv = f == 256 ? LCfg<256>::V_N : LCfg<512>::V_N;
+        size_t at;
+        if (upload_stream(c, true, w, (size_t)nl * nv * sizeof(float4), &s->lean, &fw.lean_off, &fw.n_lean, &at,
+                          err, errsz))
+            goto fail;
+        float4 *v = (float4 *)(s->lean + at);
+        for (int l = 0; l < nl; l++) { /* LCfg's order: qkv (head order), out, up, down, ln1, ln2 */
+            const gp_layer &g = w->layers[l];
+            const FLayer &fl = fw.L[l];
+            float4 *p = v + (size_t)l * nv;
+            to_pairs<<<4, 256>>>(fl.qkv_s, fl.qkv_b, 3 * d, p);
+            to_pairs<<<4, 256>>>(g.out.scale, g.out.bias, d, p + 3 * d / 2);
+            to_pairs<<<4, 256>>>(g.up.scale, g.up.bias, f, p + 2 * d);
+            to_pairs<<<4, 256>>>(g.down.scale, g.down.bias, d, p + 2 * d + f / 2);
+            to_pairs<<<4, 256>>>(g.ln1_w, g.ln1_b, d, p + 5 * d / 2 + f / 2);
+            to_pairs<<<4, 256>>>(g.ln2_w, g.ln2_b, d, p + 3 * d + f / 2);
+        }
+        GP_TRY(cudaGetLastError(), "lean-way vectors");
+        fw.lean = s->lean;
+        fw.lean_vec = v;
     }
     s->d_w = (FW *)p;
     GP_TRY(cudaMemcpy(s->d_w, &fw, sizeof fw, cudaMemcpyHostToDevice), "fast-path weights");
@@ -1981,7 +2526,9 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
                    {s->split_cand, s->split_csmem, "shared memory of the split candidate kernel"},
                    {s->split_cand_many, s->split_csmem, "shared memory of the split candidate kernel"},
                    {s->wide_hist, s->wide_smem, "shared memory of the wide history kernel"},
-                   {s->wide_cand, s->wide_smem, "shared memory of the wide candidate kernel"}};
+                   {s->wide_cand, s->wide_smem, "shared memory of the wide candidate kernel"},
+                   {s->lean_cand, s->lean_smem, "shared memory of the lean candidate kernel"},
+                   {s->lean_hist, s->lean_hsmem, "shared memory of the lean history kernel"}};
         for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++)
             if (lim[i].k) /* NULL: a way this GPU or model does not have */
                 GP_TRY(cudaFuncSetAttribute((const void *)lim[i].k, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -2013,21 +2560,31 @@ int gp_fast_run(gp_fast *s, cudaStream_t st, const gp_batch *b, char *err, size_
 {
     if (b->B == 0)
         return 0;
-    const bool split = s->mode == FAST_SPLIT || s->mode == FAST_WIDE ||
-                       (s->mode == FAST_AUTO && s->split_hist && b->n_tiles < s->split_below);
+    const bool lean = s->lean_cand && (s->mode == FAST_LEAN || (s->mode == FAST_AUTO && b->n_tiles >= s->lean_from));
+    const bool split = !lean && (s->mode == FAST_SPLIT || s->mode == FAST_WIDE ||
+                                 (s->mode == FAST_AUTO && s->split_hist && b->n_tiles < s->split_below));
     const bool wide = split && s->wide_cand &&
                       (s->mode == FAST_WIDE || (s->mode == FAST_AUTO && b->n_tiles >= s->wide_from));
     const bool wide_hist = wide && (s->mode == FAST_WIDE || b->B >= WIDE_HIST_B);
+    /* the lean way's candidates read the history that the split way's cluster writes where too few requests
+     * would leave the lean history's chain to few SMs */
+    const bool lean_hist = lean && (b->B >= s->lean_hist_from || !s->split_hist);
+    const bool split_hist = split || (lean && !lean_hist);
     cudaLaunchAttribute at;
     cudaLaunchConfig_t lc = {};
     lc.stream = st;
     lc.attrs = &at;
-    if (wide_hist) { /* a block of 64 rows per request */
+    if (lean_hist) { /* two requests a block */
+        lc.numAttrs = 0;
+        lc.gridDim = dim3((b->B + LEAN_WGS - 1) / LEAN_WGS);
+        lc.blockDim = dim3(LEAN_THREADS);
+        lc.dynamicSmemBytes = s->lean_hsmem;
+    } else if (wide_hist) { /* a block of 64 rows per request */
         lc.numAttrs = 0;
         lc.gridDim = dim3(b->B);
         lc.blockDim = dim3(16 * 32);
         lc.dynamicSmemBytes = s->wide_smem;
-    } else if (split) { /* a cluster of 4 blocks of 16 rows per request */
+    } else if (split_hist) { /* a cluster of 4 blocks of 16 rows per request */
         at.id = cudaLaunchAttributeClusterDimension;
         at.val.clusterDim.x = 4, at.val.clusterDim.y = 1, at.val.clusterDim.z = 1;
         lc.numAttrs = 1;
@@ -2039,7 +2596,10 @@ int gp_fast_run(gp_fast *s, cudaStream_t st, const gp_batch *b, char *err, size_
         lc.blockDim = dim3(THREADS);
         lc.dynamicSmemBytes = s->hsmem;
     }
-    if (gp_cuda_err(cudaLaunchKernelEx(&lc, wide_hist ? s->wide_hist : split ? s->split_hist : s->hist,
+    if (gp_cuda_err(cudaLaunchKernelEx(&lc, lean_hist    ? s->lean_hist
+                                            : wide_hist  ? s->wide_hist
+                                            : split_hist ? s->split_hist
+                                                         : s->hist,
                                        (const FW *)s->d_w, *b, s->kv, s->flags),
                     "history kernel", err, errsz))
         return -1;
@@ -2049,15 +2609,16 @@ int gp_fast_run(gp_fast *s, cudaStream_t st, const gp_batch *b, char *err, size_
     at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     at.val.programmaticStreamSerializationAllowed = 1;
     lc.numAttrs = s->pdl;
-    lc.gridDim = dim3(split && !wide ? 4 * b->n_tiles : b->n_tiles);
-    lc.blockDim = dim3(wide ? 16 * 32 : split ? 4 * 32 : THREADS);
-    const bool wg = !split && s->wg_cand && (s->mode == FAST_AUTO || s->mode == FAST_WGMMA);
-    lc.dynamicSmemBytes = wide ? s->wide_smem : split ? s->split_csmem : wg ? s->wg_smem : s->csmem;
+    lc.gridDim = dim3(lean ? (b->n_tiles + LEAN_WGS - 1) / LEAN_WGS : split && !wide ? 4 * b->n_tiles : b->n_tiles);
+    lc.blockDim = dim3(lean ? LEAN_THREADS : wide ? 16 * 32 : split ? 4 * 32 : THREADS);
+    const bool wg = !lean && !split && s->wg_cand && (s->mode == FAST_AUTO || s->mode == FAST_WGMMA);
+    lc.dynamicSmemBytes = lean ? s->lean_smem : wide ? s->wide_smem : split ? s->split_csmem : wg ? s->wg_smem : s->csmem;
     /* the split way's candidates: registers uncapped (2 blocks an SM at d_model 128 and 256) while the grid
      * fits the GPU at once, else capped for 4 an SM, spills and all (H200: student B=16 104 -> 86-89 us,
      * B=1 36 -> 38-40 us were it capped; bench/NOTES.md) */
     const kern_t split_cand = 4 * b->n_tiles <= s->split_fit ? s->split_cand : s->split_cand_many;
-    const kern_t cand = wide    ? s->wide_cand
+    const kern_t cand = lean    ? s->lean_cand
+                        : wide  ? s->wide_cand
                         : split ? split_cand
                         : wg    ? s->wg_cand
                         : b->n_tiles < FEW_TILES ? s->cand_few : s->cand;

@@ -11,7 +11,8 @@
  *                bench's student and teacher shapes (64-event histories, 512
  *                candidates, B = 16 with histories 0..64 and some shorter
  *                candidate lists); the random ones through each way of
- *                gpu/fast.cu (rows, split; wgmma at d_model 128): GPU
+ *                gpu/fast.cu (rows, split, wide; wgmma and lean at
+ *                d_model 128): GPU
  *                against the CPU scorer,
  *                top-10 overlap, scores, user vectors;
  *   retrieval    top-100 with exclusions, GPU against lm_retrieve on the
@@ -400,6 +401,22 @@ static void batch_diffs(const batch *bt, double *ds, double *du)
     *du = eu / (mu > 0.0 ? mu : 1.0);
 }
 
+/* The fast path's way (RANKD_GPU_FAST) for the engines made next: "leanh"
+ * is the lean way with its own history at every batch size (below
+ * LEAN_HIST_B requests it reads the split way's). NULL: the engine's own
+ * choice. */
+static void set_way(const char *way)
+{
+    unsetenv("RANKD_GPU_LEAN_HIST_B");
+    if (!way) {
+        unsetenv("RANKD_GPU_FAST");
+        return;
+    }
+    setenv("RANKD_GPU_FAST", strcmp(way, "leanh") ? way : "lean", 1);
+    if (!strcmp(way, "leanh"))
+        setenv("RANKD_GPU_LEAN_HIST_B", "1", 1);
+}
+
 static size_t bits_differ(const float *a, const float *b, size_t n)
 {
     size_t d = 0;
@@ -423,16 +440,20 @@ START_TEST(test_int8_parity)
      * kernels) the engine's choice. The wide way computes what the split way
      * does with other warps and instructions: the same bits. Forced, it runs
      * the history that way too; the engine's own choice (auto) pairs it with
-     * the split way's history below WIDE_HIST_B requests (bigt here). */
-    static const char *const paths[] = {"rows", "split", "wgmma", "wide", "auto"};
+     * the split way's history below WIDE_HIST_B requests (bigt here). The
+     * lean way (d_model 128, d_ffn 256 or 512) runs with the split way's
+     * history at these batch sizes and, as leanh, with its own. */
+    static const char *const paths[] = {"rows", "split", "wgmma", "wide", "lean", "leanh", "auto"};
     const size_t ns = (size_t)bt.B * bt.M, nu = (size_t)bt.B * bt.d;
     float *split_s = malloc(sizeof(float) * ns), *split_u = malloc(sizeof(float) * nu);
     ck_assert(split_s && split_u);
-    for (int p = 0; p < (_i < TU_N_CASES ? 1 : 5); p++) {
+    for (int p = 0; p < (_i < TU_N_CASES ? 1 : (int)(sizeof paths / sizeof paths[0])); p++) {
         const char *path = _i < TU_N_CASES ? "auto" : paths[p];
         if (!strcmp(path, "wgmma") && m->cfg.d_model != 128)
             continue;
-        setenv("RANKD_GPU_FAST", path, 1);
+        if (!strncmp(path, "lean", 4) && (m->cfg.d_model != 128 || (m->cfg.d_ffn != 256 && m->cfg.d_ffn != 512)))
+            continue;
+        set_way(path);
         gp_engine *e = engine_new(m, bt.B, bt.M);
         batch_score_gpu(&bt, e);
         double worst, mean = batch_overlap(&bt, &worst), ds, du;
@@ -455,7 +476,7 @@ START_TEST(test_int8_parity)
                           ns + nu);
         }
         gp_engine_free(e);
-        unsetenv("RANKD_GPU_FAST");
+        set_way(NULL);
     }
     free(split_s);
     free(split_u);
@@ -496,7 +517,8 @@ START_TEST(test_graphs)
         int model, int8;
         const char *way;
     } runs[] = {{TU_N_CASES, 1, "rows"}, {TU_N_CASES, 1, "split"}, {TU_N_CASES, 1, "wgmma"},
-                {TU_N_CASES, 1, "wide"},  {1, 0, "auto"}};
+                {TU_N_CASES, 1, "wide"},  {TU_N_CASES, 1, "lean"},  {TU_N_CASES, 1, "leanh"},
+                {1, 0, "auto"}};
     for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
         lm_model *m = parity_model(runs[i].model, runs[i].int8);
         batch x, y, x2;
@@ -505,12 +527,12 @@ START_TEST(test_graphs)
         batch_random(&x2, &m->cfg, 77, MID_B, MID_M);
         batch_perturb(&x2, &m->cfg);
         batch *seq[] = {&x, &y, &x, &x2, &y, &x};
-        setenv("RANKD_GPU_FAST", runs[i].way, 1);
+        set_way(runs[i].way);
         setenv("RANKD_GPU_GRAPHS", "0", 1);
         gp_engine *direct = engine_new(m, MID_B, MID_M);
         unsetenv("RANKD_GPU_GRAPHS");
         gp_engine *graphed = engine_new(m, MID_B, MID_M);
-        unsetenv("RANKD_GPU_FAST");
+        set_way(NULL);
         size_t n = 0, differ = 0;
         for (size_t k = 0; k < sizeof seq / sizeof seq[0]; k++) {
             batch *bt = seq[k]; /* cpu_s, cpu_u hold the direct engine's answers here */
