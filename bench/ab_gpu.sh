@@ -11,6 +11,8 @@
 #   REPS=2                     rounds
 #   SUITE=NAME                 the suite binary to run first (none: skip)
 #   SANITIZE=1                 and memcheck, racecheck on it
+#   TIMEOUT=600                seconds for each run of the suite, 120 for a
+#                              bench run: a hung kernel ends the run, not the call
 # Prints one line per shape, variant and round: the call's median us and
 # the GPU's part of it (bench_gpu's "us" and "device_us").
 set -uo pipefail
@@ -28,7 +30,7 @@ rc=0
 
 if [ -n "${SUITE:-}" ]; then
   [ -x "$bin/$SUITE" ] || { echo "ab_gpu.sh: SUITE=$SUITE is not in .carry/bin" >&2; exit 1; }
-  RANKD_GOLDEN_DIR=$golden "$bin/$SUITE" > "$out/suite.log" 2>&1 || rc=1
+  RANKD_GOLDEN_DIR=$golden timeout "${TIMEOUT:-600}" "$bin/$SUITE" > "$out/suite.log" 2>&1 || rc=1
   echo "suite $SUITE: $(grep -E '^[0-9]+%: Checks' "$out/suite.log" | tail -1)"
   grep -E ':[0-9]+:[EF]:' "$out/suite.log" | head -20
   if [ "${SANITIZE:-0}" = 1 ]; then
@@ -36,7 +38,8 @@ if [ -n "${SUITE:-}" ]; then
     for t in "memcheck:sanitize big:--leak-check full" "racecheck:sanitize:"; do
       IFS=: read -r tool tags opts <<<"$t"
       # shellcheck disable=SC2086 # opts is a list of options
-      RANKD_GOLDEN_DIR=$golden CK_INCLUDE_TAGS="$tags" CK_FORK=no "$cs" --tool "$tool" $opts --error-exitcode 1 \
+      RANKD_GOLDEN_DIR=$golden CK_INCLUDE_TAGS="$tags" CK_FORK=no timeout "${TIMEOUT:-600}" "$cs" --tool "$tool" $opts \
+        --error-exitcode 1 \
         "$bin/$SUITE" > "$out/$tool.log" 2>&1 || rc=1
       grep -q 'SUMMARY: [1-9]' "$out/$tool.log" && rc=1
       echo "$tool: $(grep -E '^[0-9]+%: Checks' "$out/$tool.log" | tail -1); $(grep -E '(ERROR|LEAK|RACECHECK) SUMMARY' \
@@ -56,7 +59,7 @@ for spec in ${SHAPES:-teacher:16,128,512}; do
       for v in $VARIANTS; do
         name=${v%%:*} way=auto
         [ "$name" != "$v" ] && way=${v#*:}
-        line=$(RANKD_GPU_FAST=$way RANKD_BENCH_B=$B "$bin/$name" "$bin" "$model" 2>&1 | grep '"bench": "score"')
+        line=$(RANKD_GPU_FAST=$way RANKD_BENCH_B=$B timeout 120 "$bin/$name" "$bin" "$model" 2>&1 | grep '"bench": "score"')
         fig=$(python3 -c 'import json, sys; d = json.loads(sys.argv[1]); print("%.1f us (device %.1f)" % (d["us"], d["device_us"]))' \
           "$line" 2>/dev/null) || { fig="failed"; rc=1; }
         echo "$model B=$B $name:$way round $rep: $fig"
