@@ -90,16 +90,18 @@ static inline float KFN(k_max)(const float *x, int n, float init)
 
 /* e^x for x in [-87, 88] (clamped outside): n = round(x / ln2) by the
  * 1.5 * 2^23 trick, a degree-6 polynomial on the remainder, 2^n by building
- * the exponent bits. */
+ * the exponent bits. The bits are built unsigned: a NaN x (which the clamps
+ * let through, and which stays NaN in y) leaves n's bits anything, and a
+ * signed shift of those would be undefined (UBSan stops on it). */
 static inline float KFN(k_exp)(float x)
 {
     x = x < -87.0f ? -87.0f : x;
     x = x > 88.0f ? 88.0f : x;
     float r = KFMA(x, 1.44269504088896341f, 12582912.0f);
     float n = r - 12582912.0f;
-    int32_t ni;
+    uint32_t ni;
     memcpy(&ni, &r, 4);
-    ni -= 0x4B400000;
+    ni -= 0x4B400000u;
     float f = KFMA(n, -0.693359375f, x);
     f = KFMA(n, 2.12194440e-4f, f);
     float p = 1.9875691500e-4f;
@@ -109,7 +111,7 @@ static inline float KFN(k_exp)(float x)
     p = KFMA(p, f, 1.6666665459e-1f);
     p = KFMA(p, f, 5.0000001201e-1f);
     float y = KFMA(p * f, f, f) + 1.0f;
-    int32_t e = (ni + 127) << 23;
+    uint32_t e = (ni + 127u) << 23;
     float sc;
     memcpy(&sc, &e, 4);
     return y * sc;
