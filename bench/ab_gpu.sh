@@ -6,7 +6,9 @@
 # each shape scored by every variant in turn, REPS rounds, interleaved so
 # that a drift of the machine falls on all of them alike (docs/gpu.md,
 # "A/B on the device").
-#   VARIANTS="old new:wide"    NAME[:RANKD_GPU_FAST way], default way auto
+#   VARIANTS="old new:wide"    NAME[:RANKD_GPU_FAST way[:VAR=VALUE,...]], default way
+#                              auto; the settings go to that variant's runs alone,
+#                              e.g. new:lean:RANKD_GPU_LEAN_ROLL=1
 #   SHAPES="teacher:16,512 student:1"   model:batch sizes (bench_gpu's B)
 #   REPS=2                     rounds
 #   SUITE=NAME                 the suite binary to run first (none: skip)
@@ -57,12 +59,14 @@ for spec in ${SHAPES:-teacher:16,128,512}; do
   for B in $(tr ',' ' ' <<<"${spec#*:}"); do
     for rep in $(seq "${REPS:-2}"); do
       for v in $VARIANTS; do
-        name=${v%%:*} way=auto
-        [ "$name" != "$v" ] && way=${v#*:}
-        line=$(RANKD_GPU_FAST=$way RANKD_BENCH_B=$B timeout 120 "$bin/$name" "$bin" "$model" 2>&1 | grep '"bench": "score"')
+        IFS=: read -r name way sets <<<"$v"
+        way=${way:-auto}
+        # shellcheck disable=SC2046 # the settings are words VAR=VALUE
+        line=$(env $(tr ',' ' ' <<<"$sets") RANKD_GPU_FAST="$way" RANKD_BENCH_B="$B" timeout 120 "$bin/$name" "$bin" \
+          "$model" 2>&1 | grep '"bench": "score"')
         fig=$(python3 -c 'import json, sys; d = json.loads(sys.argv[1]); print("%.1f us (device %.1f)" % (d["us"], d["device_us"]))' \
           "$line" 2>/dev/null) || { fig="failed"; rc=1; }
-        echo "$model B=$B $name:$way round $rep: $fig"
+        echo "$model B=$B $name:$way${sets:+:$sets} round $rep: $fig"
       done
     done
   done
