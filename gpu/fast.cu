@@ -332,6 +332,12 @@ __device__ __forceinline__ float4 deq(const int (&c)[4], float r0, float r1, flo
                        (float)c[3] * (r1 * s.y) + b.y);
 }
 
+/* the same, v: the column pair's {s, s', b, b'} (the lean way's vectors) */
+__device__ __forceinline__ float4 deq(const int (&c)[4], float r0, float r1, const float4 &v)
+{
+    return deq(c, r0, r1, make_float2(v.x, v.y), make_float2(v.z, v.w));
+}
+
 __device__ __forceinline__ float2 ldg2(const float *p) { return __ldg((const float2 *)p); }
 
 /* ---- LayerNorm of the warp's rows ----------------------------------------------------------- */
@@ -1793,14 +1799,6 @@ __device__ __forceinline__ void lean_ln(const float4 *xs, const float4 *lnv, uin
     }
 }
 
-/* (float)sum * (s_row * s_col) + bias of one n8 tile's accumulators; v:
- * the column pair's {s, s', b, b'} */
-__device__ __forceinline__ float4 lean_deq(const int (&c)[4], float r0, float r1, const float4 &v)
-{
-    return make_float4(fmaf((float)c[0], r0 * v.x, v.z), fmaf((float)c[1], r0 * v.y, v.w),
-                       fmaf((float)c[2], r1 * v.x, v.z), fmaf((float)c[3], r1 * v.y, v.w));
-}
-
 template <int F, bool ROLL, bool HIST>
 __global__ void __launch_bounds__(LEAN_THREADS, 1)
     lean_kernel(const FW *__restrict__ fw, gp_batch bt, __half *kvc, unsigned long long *flags)
@@ -1907,10 +1905,10 @@ __global__ void __launch_bounds__(LEAN_THREADS, 1)
                 float4 q[HNT];
 #pragma unroll
                 for (int j = 0; j < HNT; j++) {
-                    q[j] = lean_deq(acc[j], sr0, sr1, lv[C::V_QKV + h * 3 * DH / 2 + 4 * j + t]);
-                    const float4 k = lean_deq(acc[HNT + j], sr0, sr1, lv[C::V_QKV + h * 3 * DH / 2 + 4 * (HNT + j) + t]);
+                    q[j] = deq(acc[j], sr0, sr1, lv[C::V_QKV + h * 3 * DH / 2 + 4 * j + t]);
+                    const float4 k = deq(acc[HNT + j], sr0, sr1, lv[C::V_QKV + h * 3 * DH / 2 + 4 * (HNT + j) + t]);
                     const float4 v =
-                        lean_deq(acc[2 * HNT + j], sr0, sr1, lv[C::V_QKV + h * 3 * DH / 2 + 4 * (2 * HNT + j) + t]);
+                        deq(acc[2 * HNT + j], sr0, sr1, lv[C::V_QKV + h * 3 * DH / 2 + 4 * (2 * HNT + j) + t]);
                     d0 = fmaf(q[j].x, k.x, fmaf(q[j].y, k.y, d0));
                     d1 = fmaf(q[j].z, k.z, fmaf(q[j].w, k.w, d1));
                     vs[j][0] = h2u(v.x, v.y);
@@ -1980,7 +1978,7 @@ __global__ void __launch_bounds__(LEAN_THREADS, 1)
             rg.s++;
 #pragma unroll
             for (int j = 0; j < NT; j++) {
-                const float4 y = lean_deq(acc[j], q0.scale, q1.scale, lv[C::V_OUT + 4 * j + t]);
+                const float4 y = deq(acc[j], q0.scale, q1.scale, lv[C::V_OUT + 4 * j + t]);
                 float4 &x = xs[j * 32 + lane];
                 x = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
             }
@@ -2003,12 +2001,10 @@ __global__ void __launch_bounds__(LEAN_THREADS, 1)
                     rg.give();
 #pragma unroll
                 for (int j = 0; j < 8; j++) {
-                    const float4 v = lv[C::V_UP + c * 64 + hf * 32 + 4 * j + t];
+                    const float4 y = deq(acc[j], sr0, sr1, lv[C::V_UP + c * 64 + hf * 32 + 4 * j + t]);
                     const int jj = hf * 8 + j;
-                    hid[c][jj][0] = gelu2(h2sat(fmaf((float)acc[j][0], sr0 * v.x, v.z),
-                                                fmaf((float)acc[j][1], sr0 * v.y, v.w)));
-                    hid[c][jj][1] = gelu2(h2sat(fmaf((float)acc[j][2], sr1 * v.x, v.z),
-                                                fmaf((float)acc[j][3], sr1 * v.y, v.w)));
+                    hid[c][jj][0] = gelu2(h2sat(y.x, y.y));
+                    hid[c][jj][1] = gelu2(h2sat(y.z, y.w));
                     hm0 = __hmax2(hm0, __habs2(hid[c][jj][0]));
                     hm1 = __hmax2(hm1, __habs2(hid[c][jj][1]));
                 }
@@ -2051,7 +2047,7 @@ __global__ void __launch_bounds__(LEAN_THREADS, 1)
                 rg.give(NCH - c);
 #pragma unroll
             for (int j = 0; j < NT; j++) {
-                const float4 y = lean_deq(acc[j], q0.scale, q1.scale, lv[C::V_DOWN + 4 * j + t]);
+                const float4 y = deq(acc[j], q0.scale, q1.scale, lv[C::V_DOWN + 4 * j + t]);
                 float4 &x = xs[j * 32 + lane];
                 x = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
             }
@@ -2403,7 +2399,7 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
         s->lean_from = env_int("RANKD_GPU_LEAN_TILES", LEAN_TILES);
         s->lean_hist_from = env_int("RANKD_GPU_LEAN_HIST_B", LEAN_HIST_B);
     }
-    { /* RANKD_GPU_FAST=rows|wgmma|split|wide forces a path, for tests and comparisons */
+    { /* RANKD_GPU_FAST=rows|wgmma|split|wide|lean forces a path, for tests and comparisons */
         const char *m = getenv("RANKD_GPU_FAST");
         s->mode = !m || !*m || !strcmp(m, "auto") ? FAST_AUTO
                   : !strcmp(m, "rows")            ? FAST_ROWS
@@ -2434,6 +2430,8 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
             return -1;
         }
     }
+    if (s->mode != FAST_LEAN && s->lean_from == INT_MAX) /* auto never takes the lean way: no stream for it */
+        s->lean_cand = s->lean_hist = NULL;
     /* per layer: four fragment-order matrices (d x 3d, d x d, d x f, f x d
      * bytes) and the qkv scales and biases in head order */
     const size_t mat = (size_t)3 * d * d + (size_t)d * d + 2 * (size_t)d * f, vec = sizeof(float) * 6 * d;
