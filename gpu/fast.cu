@@ -1672,11 +1672,13 @@ __global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
  * the history, each head's keys and values staged for causal attention and
  * written to the cache. */
 constexpr int LEAN_NB = 4, LEAN_CHUNK = 16384, LEAN_WGS = 2;
-/* Batches of at least this many candidate tiles take the lean way where it
- * exists (auto): none yet, as it has not been measured faster than the
- * split and wgmma ways (H100, bench/NOTES.md); RANKD_GPU_LEAN_TILES sets
- * it, for measurements, RANKD_GPU_FAST=lean forces it. */
-constexpr int LEAN_TILES = INT_MAX;
+/* Batches of at least this many candidate tiles (B = 64 at 512
+ * candidates) take the lean way where it exists (auto): measured 10%
+ * slower than the split way at 256 tiles, level at 512, 15% faster than
+ * the wgmma way at 1,024 and 4,096 (H100, bench/NOTES.md, "The lean
+ * way"); RANKD_GPU_LEAN_TILES sets it, for measurements,
+ * RANKD_GPU_FAST=lean forces it. */
+constexpr int LEAN_TILES = 512;
 /* Lean batches of at least this many requests run the history in the lean
  * way too, smaller ones in the split way's clusters of 4 blocks a request
  * (RANKD_GPU_LEAN_HIST_B overrides it). */
@@ -1799,7 +1801,7 @@ __device__ __forceinline__ void lean_ln(const float4 *xs, const float4 *lnv, uin
     }
 }
 
-template <int F, bool ROLL, bool HIST>
+template <int F, bool HIST>
 __global__ void __launch_bounds__(LEAN_THREADS, 1)
     lean_kernel(const FW *__restrict__ fw, gp_batch bt, __half *kvc, unsigned long long *flags)
 {
@@ -1888,9 +1890,9 @@ __global__ void __launch_bounds__(LEAN_THREADS, 1)
         /* per head: q, k, v (one chunk), then its attention; O kept in half2 */
         uint32_t oh[H][HNT][2];
         float om0 = 0.0f, om1 = 0.0f;
-        /* ROLL: the heads' loop is not unrolled (a quarter of its code, for the instruction cache), O's heads
-         * shifting down oh each iteration, so that they stay in registers */
-#pragma unroll(ROLL ? 1 : H)
+        /* the heads' loop rolled (its code unrolled over heads overflowed the instruction cache: 1.2x slower at
+         * B=512, bench/NOTES.md), O's heads shifting down oh each iteration, so that they stay in registers */
+#pragma unroll 1
         for (int h = 0; h < H; h++) {
             int acc[3 * HNT][4];
             lean_mma<3 * DH, KS>(acc, a, rg.take(), 3 * DH * 32, false);
@@ -2383,13 +2385,9 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
             s->wide_hist = s->wide_cand = NULL;
     }
     if (major == 9 && minor == 0 && d == 128 && (f == 256 || f == 512)) { /* the lean way: sm_90a */
-        /* measurement switches: RANKD_GPU_LEAN_ROLL=1 the heads' loop rolled; where auto starts the lean way
-         * (tiles) and its own history (requests) */
-        const bool roll = env_int("RANKD_GPU_LEAN_ROLL", 0) > 0;
-        s->lean_cand = f == 256 ? (roll ? lean_kernel<256, true, false> : lean_kernel<256, false, false>)
-                                : (roll ? lean_kernel<512, true, false> : lean_kernel<512, false, false>);
-        s->lean_hist = f == 256 ? (roll ? lean_kernel<256, true, true> : lean_kernel<256, false, true>)
-                                : (roll ? lean_kernel<512, true, true> : lean_kernel<512, false, true>);
+        /* measurement switches: where auto starts the lean way (tiles) and its own history (requests) */
+        s->lean_cand = f == 256 ? lean_kernel<256, false> : lean_kernel<512, false>;
+        s->lean_hist = f == 256 ? lean_kernel<256, true> : lean_kernel<512, true>;
         s->lean_smem = f == 256 ? LCfg<256>::smem_cand(nl) : LCfg<512>::smem_cand(nl);
         s->lean_hsmem = f == 256 ? LCfg<256>::smem_hist(nl) : LCfg<512>::smem_hist(nl);
         int optin = 0;
