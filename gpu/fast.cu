@@ -755,7 +755,7 @@ template <int D, bool HIST> struct Emb {
     }
     __device__ __forceinline__ float4 at(int col) const
     {
-        const char2 e0 = *(const char2 *)&q0[col], e1 = *(const char2 *)&q1[col];
+        const char2 e0 = __ldg((const char2 *)&q0[col]), e1 = __ldg((const char2 *)&q1[col]);
         float2 a0 = ldg2(add0a + col), a1 = ldg2(add0b + col);
         if (HIST) {
             const float2 p0 = ldg2(add1a + col), p1 = ldg2(add1b + col);
@@ -1672,17 +1672,19 @@ __global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
  * the history, each head's keys and values staged for causal attention and
  * written to the cache. */
 constexpr int LEAN_NB = 4, LEAN_CHUNK = 16384, LEAN_WGS = 2;
-/* Batches of at least this many candidate tiles (B = 64 at 512
- * candidates) take the lean way where it exists (auto): measured 10%
- * slower than the split way at 256 tiles, level at 512, 15% faster than
- * the wgmma way at 1,024 and 4,096 (H100, bench/NOTES.md, "The lean
- * way"); RANKD_GPU_LEAN_TILES sets it, for measurements,
+/* Batches of at least this many candidate tiles (B = 32 at 512
+ * candidates) take the lean way where it exists (auto), with the split
+ * way's history below LEAN_HIST_B: measured (H100, bench/NOTES.md, "The
+ * lean way, again") 20% faster than the split way at B = 32 and 64, 6%
+ * and 15% faster than the wgmma way at 128 and 512, level with the split
+ * way at B = 16; RANKD_GPU_LEAN_TILES sets it, for measurements,
  * RANKD_GPU_FAST=lean forces it. */
-constexpr int LEAN_TILES = 512;
+constexpr int LEAN_TILES = 256;
 /* Lean batches of at least this many requests run the history in the lean
  * way too, smaller ones in the split way's clusters of 4 blocks a request
- * (RANKD_GPU_LEAN_HIST_B overrides it). */
-constexpr int LEAN_HIST_B = 32;
+ * (RANKD_GPU_LEAN_HIST_B overrides it): measured (H100) the split way's
+ * 18% faster at B = 64, 2% at 128, the lean way's 8% at 512. */
+constexpr int LEAN_HIST_B = 256;
 /* a producer warpgroup (one thread of it streams; the registers it gives
  * up, setmaxnreg, go to the two consumer groups) */
 constexpr int LEAN_THREADS = (LEAN_WGS + 1) * 128, LEAN_PROD_REGS = 40, LEAN_REGS = 232;
@@ -1833,7 +1835,7 @@ __global__ void __launch_bounds__(LEAN_THREADS, 1)
             for (int k = 0; k < fw->n_lean; k++) {
                 const int bi = k % LEAN_NB;
                 if (k >= LEAN_NB)
-                    gp_mbar_wait(&empty[bi], (unsigned)(k / LEAN_NB - 1) & 1);
+                    gp_mbar_wait_idle(&empty[bi], (unsigned)(k / LEAN_NB - 1) & 1);
                 const uint32_t o = __ldg(&fw->lean_off[k]);
                 gp_bulk_load(ring + (size_t)bi * LEAN_CHUNK, fw->lean + o, __ldg(&fw->lean_off[k + 1]) - o, &full[bi]);
             }
@@ -1859,9 +1861,11 @@ __global__ void __launch_bounds__(LEAN_THREADS, 1)
     LRing rg = {ring, full, empty, 0};
     auto group_sync = [&]() { asm volatile("bar.sync %0, 128;" ::"r"(wg) : "memory"); };
 
-    { /* embeddings (candidates past the tile's end: item 0's; history rows past L: zeros) */
+    { /* embeddings (candidates past the tile's end: item 0's; history rows past L: zeros), half or all of the
+       * loads issued before the first is waited for, as nothing else in the block hides their latency (all
+       * of them left the candidate kernel 80 bytes of spills, the history 12 instead of 116: ptxas) */
         const Emb<D, HIST> e(fw, bt, b, L, first, rows, tok0, tok1);
-#pragma unroll 4
+#pragma unroll(HIST ? NT : NT / 2)
         for (int j = 0; j < NT; j++)
             xs[j * 32 + lane] = e.at(j * 8 + t * 2);
     }

@@ -63,6 +63,25 @@ __device__ __forceinline__ void gp_mbar_wait(uint64_t *bar, unsigned parity)
 #endif
 }
 
+/* The same for a thread that has nothing else to do while it waits (a
+ * producer): try_wait's suspend-time hint (ns) lets the hardware hold the
+ * thread until the phase completes, where the plain loop spins, each turn
+ * two instructions issued on its scheduler's slots, which the consumer
+ * warps of that scheduler need (the lean way's producer: 6% of the
+ * candidate kernel's instructions, bench/NOTES.md). */
+__device__ __forceinline__ void gp_mbar_wait_idle(uint64_t *bar, unsigned parity)
+{
+#if GP_SM90A
+    asm volatile("{\n.reg .pred p;\nWAIT_%=:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1, %2;\n"
+                 "@!p bra WAIT_%=;\n}" ::"r"(gp_smem(bar)),
+                 "r"(parity), "r"(10000000u)
+                 : "memory");
+#else
+    __trap();
+#endif
+}
+
 /* bytes (a multiple of 16, both addresses 16-aligned) from global to shared
  * memory by the copy engine; bar's phase completes when they have landed
  * (the arrival and the byte count are this call's). */
