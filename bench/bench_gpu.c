@@ -183,17 +183,21 @@ static int call_retrieve(gp_engine *e, const inputs *in, int B, int i, char *err
     return gp_engine_retrieve(e, in->rq, B, err, errsz);
 }
 
-/* Median seconds of one call: 10 calls of warm-up, then calls until a
- * second has passed (at least 21, at most MAX_REPS). Score calls also give
- * the medians of their phases (gp_engine_timing), in us, into phase. */
+/* Median seconds of one call: warm-up calls for at least 0.2 s (and 10),
+ * then calls until a second has passed (at least 21, at most MAX_REPS).
+ * The warm-up is timed, not counted: the first shape of a run, student
+ * B=1, reaches MAX_REPS in under 0.1 s, and its 10 warm-up calls alone
+ * (0.4 ms) leave the GPU's clocks still rising from idle, a likely cause
+ * of one run's 42.7 us where the run before read 36.5 (bench/NOTES.md). */
 static double median_time(bench_call f, gp_engine *e, const inputs *in, int B, int *reps, double phase[3])
 {
     static double ts[MAX_REPS], ph[3][MAX_REPS];
     char err[CM_ERRSZ];
     int n = 0;
-    for (int i = 0; i < 10; i++)
-        if (f(e, in, B, i, err, sizeof err))
+    for (double t_end = now_s() + 0.2; n < 10 || now_s() < t_end; n++)
+        if (f(e, in, B, n, err, sizeof err))
             die("warm-up", err);
+    n = 0;
     for (double t_end = now_s() + 1.0; n < MAX_REPS && (n < 21 || now_s() < t_end); n++) {
         double t0 = now_s();
         if (f(e, in, B, n, err, sizeof err))
