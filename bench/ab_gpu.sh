@@ -8,7 +8,7 @@
 # "A/B on the device").
 #   VARIANTS="old new:wide"    NAME[:RANKD_GPU_FAST way[:VAR=VALUE,...]], default way
 #                              auto; the settings go to that variant's runs alone,
-#                              e.g. new:lean:RANKD_GPU_LEAN_ROLL=1
+#                              e.g. new:auto:RANKD_GPU_LEAN_HIST_B=1
 #   SHAPES="teacher:16,512 student:1"   model:batch sizes (bench_gpu's B)
 #   REPS=2                     rounds
 #   SUITE=NAME                 the suite binary to run first (none: skip)
