@@ -1675,9 +1675,9 @@ constexpr int LEAN_NB = 4, LEAN_CHUNK = 16384, LEAN_WGS = 2;
 /* Batches of at least this many candidate tiles (B = 32 at 512
  * candidates) take the lean way where it exists (auto), with the split
  * way's history below LEAN_HIST_B: measured (H100, bench/NOTES.md, "The
- * lean way, again") 20% faster than the split way at B = 32 and 64, 6%
- * and 15% faster than the wgmma way at 128 and 512, level with the split
- * way at B = 16; RANKD_GPU_LEAN_TILES sets it, for measurements,
+ * lean way, again") about 20% faster than the split way at B = 32 and 64
+ * and than the wgmma way at 128 and 512, level with the split way at
+ * B = 16; RANKD_GPU_LEAN_TILES sets it, for measurements,
  * RANKD_GPU_FAST=lean forces it. */
 constexpr int LEAN_TILES = 256;
 /* Lean batches of at least this many requests run the history in the lean
