@@ -39,9 +39,9 @@
  * share each 16 rows; the teacher's candidates, once their grid would not
  * fit the GPU at once, run it as the wide way, 16 warps to a tile of 64
  * rows on wgmma (SRing, below). The lean way (lean_kernel), for the
- * student's shapes on sm_90a, only where forced for now, carries whole
- * rows per warp with the fewest instructions it can, two tiles a block on
- * weights a producer warpgroup streams. */
+ * student's shapes on sm_90a, takes its batches from LEAN_TILES tiles: it
+ * carries whole rows per warp with the fewest instructions it can, two
+ * tiles a block on weights a producer warpgroup streams. */
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -214,15 +214,36 @@ __device__ __forceinline__ uint32_t q8x4(float a, float b, float c, float d, flo
     return (uint32_t)(r0 & 0xff) | (uint32_t)(r1 & 0xff) << 8 | (uint32_t)(r2 & 0xff) << 16 | (uint32_t)r3 << 24;
 }
 
+/* the same for |v mul| <= 127 (the lean way): v mul + 1.5 x 2^23 is
+ * rounded to an integer (ties to even, on the product unrounded) in one
+ * fma, whose low byte is then the int8 */
+__device__ __forceinline__ uint32_t q8m(float a, float b, float c, float d, float mul)
+{
+    const float M = 12582912.0f;
+    const uint32_t ua = __float_as_uint(fmaf(a, mul, M)), ub = __float_as_uint(fmaf(b, mul, M));
+    const uint32_t uc = __float_as_uint(fmaf(c, mul, M)), ud = __float_as_uint(fmaf(d, mul, M));
+    return __byte_perm(__byte_perm(ua, ub, 0x0040), __byte_perm(uc, ud, 0x0040), 0x5410);
+}
+
 /* The A fragment of k-step ks from accumulator-layout values v of n8 tiles
- * 4ks..4ks+3 (x, y: row g; z, w: row g + 8), in pi order. */
+ * 4ks..4ks+3 (x, y: row g; z, w: row g + 8), in pi order; FMA: rounded by
+ * q8m rather than q8x4. */
+template <bool FMA> __device__ __forceinline__ uint32_t q8(float a, float b, float c, float d, float mul)
+{
+    if constexpr (FMA)
+        return q8m(a, b, c, d, mul);
+    else
+        return q8x4(a, b, c, d, mul);
+}
+
+template <bool FMA = false>
 __device__ __forceinline__ void afrag(uint32_t (&a)[4], const float4 &v0, const float4 &v1, const float4 &v2,
                                       const float4 &v3, float m0, float m1)
 {
-    a[0] = q8x4(v0.x, v0.y, v1.x, v1.y, m0);
-    a[1] = q8x4(v0.z, v0.w, v1.z, v1.w, m1);
-    a[2] = q8x4(v2.x, v2.y, v3.x, v3.y, m0);
-    a[3] = q8x4(v2.z, v2.w, v3.z, v3.w, m1);
+    a[0] = q8<FMA>(v0.x, v0.y, v1.x, v1.y, m0);
+    a[1] = q8<FMA>(v0.z, v0.w, v1.z, v1.w, m1);
+    a[2] = q8<FMA>(v2.x, v2.y, v3.x, v3.y, m0);
+    a[3] = q8<FMA>(v2.z, v2.w, v3.z, v3.w, m1);
 }
 
 /* acc[j] += A . W^T for n8 tiles nt0 + j of W (fragment order, kpt k-pairs
@@ -1713,16 +1734,6 @@ template <int F> struct LCfg {
     static_assert(F % 128 == 0 && NCH >= 1 && NCH <= LEAN_NB, "the down-projection's chunks fit the ring at once");
 };
 
-/* round(v mul) as int8, four at a time: v mul + 1.5 x 2^23 is rounded to
- * an integer (ties to even) in one fma, whose low byte is then the int8 */
-__device__ __forceinline__ uint32_t q8m(float a, float b, float c, float d, float mul)
-{
-    const float M = 12582912.0f;
-    const uint32_t ua = __float_as_uint(fmaf(a, mul, M)), ub = __float_as_uint(fmaf(b, mul, M));
-    const uint32_t uc = __float_as_uint(fmaf(c, mul, M)), ud = __float_as_uint(fmaf(d, mul, M));
-    return __byte_perm(__byte_perm(ua, ub, 0x0040), __byte_perm(uc, ud, 0x0040), 0x5410);
-}
-
 /* The consumers' side of the ring: chunk s of the stream is in buffer s %
  * LEAN_NB once its full barrier's phase (s / LEAN_NB) & 1 completes; a
  * warp releases it with one arrival (8 a chunk) once the wgmmas that read
@@ -1794,13 +1805,8 @@ __device__ __forceinline__ void lean_ln(const float4 *xs, const float4 *lnv, uin
     sr0 = qa.scale;
     sr1 = qb.scale;
 #pragma unroll
-    for (int ks = 0; ks < D / 32; ks++) {
-        const float4 &v0 = y[4 * ks], &v1 = y[4 * ks + 1], &v2 = y[4 * ks + 2], &v3 = y[4 * ks + 3];
-        a[ks][0] = q8m(v0.x, v0.y, v1.x, v1.y, qa.mul);
-        a[ks][1] = q8m(v0.z, v0.w, v1.z, v1.w, qb.mul);
-        a[ks][2] = q8m(v2.x, v2.y, v3.x, v3.y, qa.mul);
-        a[ks][3] = q8m(v2.z, v2.w, v3.z, v3.w, qb.mul);
-    }
+    for (int ks = 0; ks < D / 32; ks++)
+        afrag<true>(a[ks], y[4 * ks], y[4 * ks + 1], y[4 * ks + 2], y[4 * ks + 3], qa.mul, qb.mul);
 }
 
 template <int F, bool HIST>
@@ -1835,7 +1841,7 @@ __global__ void __launch_bounds__(LEAN_THREADS, 1)
             for (int k = 0; k < fw->n_lean; k++) {
                 const int bi = k % LEAN_NB;
                 if (k >= LEAN_NB)
-                    gp_mbar_wait_idle(&empty[bi], (unsigned)(k / LEAN_NB - 1) & 1);
+                    gp_mbar_wait(&empty[bi], (unsigned)(k / LEAN_NB - 1) & 1, 10000000u); /* asleep, not spinning */
                 const uint32_t o = __ldg(&fw->lean_off[k]);
                 gp_bulk_load(ring + (size_t)bi * LEAN_CHUNK, fw->lean + o, __ldg(&fw->lean_off[k + 1]) - o, &full[bi]);
             }
@@ -2309,6 +2315,24 @@ static int upload_stream(const lm_config *c, bool lean, const gp_weights *w, siz
     return gp_cuda_err(e, lean ? "lean-way weight stream" : "wgmma weight stream", err, errsz);
 }
 
+/* The lean way's vectors of nl layers at v, in LCfg<F>'s order, a float4
+ * per column pair: qkv's scales and biases (head order: fw's), out's, up's,
+ * down's, then both LayerNorms' weights and biases. */
+template <int F> static void lean_vectors(const FW &fw, const gp_weights *w, int nl, float4 *v)
+{
+    using C = LCfg<F>;
+    for (int l = 0; l < nl; l++) {
+        const gp_layer &g = w->layers[l];
+        float4 *p = v + (size_t)l * C::V_N;
+        to_pairs<<<4, 256>>>(fw.L[l].qkv_s, fw.L[l].qkv_b, 3 * C::D, p + C::V_QKV);
+        to_pairs<<<4, 256>>>(g.out.scale, g.out.bias, C::D, p + C::V_OUT);
+        to_pairs<<<4, 256>>>(g.up.scale, g.up.bias, F, p + C::V_UP);
+        to_pairs<<<4, 256>>>(g.down.scale, g.down.bias, C::D, p + C::V_DOWN);
+        to_pairs<<<4, 256>>>(g.ln1_w, g.ln1_b, C::D, p + C::V_LN1);
+        to_pairs<<<4, 256>>>(g.ln2_w, g.ln2_b, C::D, p + C::V_LN2);
+    }
+}
+
 /* An integer from the environment, dflt where it is unset or empty. */
 static int env_int(const char *name, int dflt)
 {
@@ -2492,17 +2516,10 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
                           err, errsz))
             goto fail;
         float4 *v = (float4 *)(s->lean + at);
-        for (int l = 0; l < nl; l++) { /* LCfg's order: qkv (head order), out, up, down, ln1, ln2 */
-            const gp_layer &g = w->layers[l];
-            const FLayer &fl = fw.L[l];
-            float4 *p = v + (size_t)l * nv;
-            to_pairs<<<4, 256>>>(fl.qkv_s, fl.qkv_b, 3 * d, p);
-            to_pairs<<<4, 256>>>(g.out.scale, g.out.bias, d, p + 3 * d / 2);
-            to_pairs<<<4, 256>>>(g.up.scale, g.up.bias, f, p + 2 * d);
-            to_pairs<<<4, 256>>>(g.down.scale, g.down.bias, d, p + 2 * d + f / 2);
-            to_pairs<<<4, 256>>>(g.ln1_w, g.ln1_b, d, p + 5 * d / 2 + f / 2);
-            to_pairs<<<4, 256>>>(g.ln2_w, g.ln2_b, d, p + 3 * d + f / 2);
-        }
+        if (f == 256)
+            lean_vectors<256>(fw, w, nl, v);
+        else
+            lean_vectors<512>(fw, w, nl, v);
         GP_TRY(cudaGetLastError(), "lean-way vectors");
         fw.lean = s->lean;
         fw.lean_vec = v;
@@ -2612,7 +2629,11 @@ int gp_fast_run(gp_fast *s, cudaStream_t st, const gp_batch *b, char *err, size_
     lc.gridDim = dim3(lean ? (b->n_tiles + LEAN_WGS - 1) / LEAN_WGS : split && !wide ? 4 * b->n_tiles : b->n_tiles);
     lc.blockDim = dim3(lean ? LEAN_THREADS : wide ? 16 * 32 : split ? 4 * 32 : THREADS);
     const bool wg = !lean && !split && s->wg_cand && (s->mode == FAST_AUTO || s->mode == FAST_WGMMA);
-    lc.dynamicSmemBytes = lean ? s->lean_smem : wide ? s->wide_smem : split ? s->split_csmem : wg ? s->wg_smem : s->csmem;
+    lc.dynamicSmemBytes = lean    ? s->lean_smem
+                          : wide  ? s->wide_smem
+                          : split ? s->split_csmem
+                          : wg    ? s->wg_smem
+                                  : s->csmem;
     /* the split way's candidates: registers uncapped (2 blocks an SM at d_model 128 and 256) while the grid
      * fits the GPU at once, else capped for 4 an SM, spills and all (H200: student B=16 104 -> 86-89 us,
      * B=1 36 -> 38-40 us were it capped; bench/NOTES.md) */

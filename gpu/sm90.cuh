@@ -50,33 +50,28 @@ __device__ __forceinline__ void gp_mbar_arrive(uint64_t *bar)
 #endif
 }
 
-__device__ __forceinline__ void gp_mbar_wait(uint64_t *bar, unsigned parity)
+/* Until bar's phase of the given parity completes. idle_ns, for a thread
+ * that has nothing else to do while it waits (a producer): try_wait's
+ * suspend-time hint, which lets the hardware hold the thread until the
+ * phase completes (or that long), where the plain loop spins, each turn two
+ * instructions on the issue slots its scheduler's other warps need (the
+ * lean way's producer: 6% of the candidate kernel's instructions,
+ * bench/NOTES.md). */
+__device__ __forceinline__ void gp_mbar_wait(uint64_t *bar, unsigned parity, unsigned idle_ns = 0)
 {
 #if GP_SM90A
-    asm volatile("{\n.reg .pred p;\nWAIT_%=:\n"
-                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-                 "@!p bra WAIT_%=;\n}" ::"r"(gp_smem(bar)),
-                 "r"(parity)
-                 : "memory");
-#else
-    __trap();
-#endif
-}
-
-/* The same for a thread that has nothing else to do while it waits (a
- * producer): try_wait's suspend-time hint (ns) lets the hardware hold the
- * thread until the phase completes, where the plain loop spins, each turn
- * two instructions issued on its scheduler's slots, which the consumer
- * warps of that scheduler need (the lean way's producer: 6% of the
- * candidate kernel's instructions, bench/NOTES.md). */
-__device__ __forceinline__ void gp_mbar_wait_idle(uint64_t *bar, unsigned parity)
-{
-#if GP_SM90A
-    asm volatile("{\n.reg .pred p;\nWAIT_%=:\n"
-                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1, %2;\n"
-                 "@!p bra WAIT_%=;\n}" ::"r"(gp_smem(bar)),
-                 "r"(parity), "r"(10000000u)
-                 : "memory");
+    if (idle_ns)
+        asm volatile("{\n.reg .pred p;\nWAIT_%=:\n"
+                     "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1, %2;\n"
+                     "@!p bra WAIT_%=;\n}" ::"r"(gp_smem(bar)),
+                     "r"(parity), "r"(idle_ns)
+                     : "memory");
+    else
+        asm volatile("{\n.reg .pred p;\nWAIT_%=:\n"
+                     "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+                     "@!p bra WAIT_%=;\n}" ::"r"(gp_smem(bar)),
+                     "r"(parity)
+                     : "memory");
 #else
     __trap();
 #endif
@@ -126,7 +121,6 @@ __device__ __forceinline__ void gp_wg_wait0()
     asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
 #endif
 }
-
 
 /* the accumulators of n8 tiles as read-write asm operands: tile j, the first 4, 8 or 12 */
 #define GP_ACC4(d, j) "+r"(d[j][0]), "+r"(d[j][1]), "+r"(d[j][2]), "+r"(d[j][3])
