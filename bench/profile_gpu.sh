@@ -28,5 +28,5 @@ RANKD_BENCH_B=${shape#*:} timeout 300 "$ncu" --kernel-name "regex:$kernel" --lau
   "$tmp/bench" "$tmp" "${shape%%:*}" > "$tmp/ncu.log" 2>&1 || { tail -20 "$tmp/ncu.log"; exit 1; }
 timeout 120 "$ncu" -i "$tmp/rep.ncu-rep" --page source --csv --print-source sass | gzip -9 > "$OUT/$name.csv.gz"
 timeout 60 "$ncu" -i "$tmp/rep.ncu-rep" --page details --section SpeedOfLight --section WarpStateStats |
-  grep -E "Duration|Warp Cycles Per Issued|Active Warps Per Scheduler|Compute \(SM\) Throughput" || true
+  grep -E "Duration|Warp Cycles Per Issued|Active Warps Per Scheduler|Compute \(SM\) Throughput|Memory Throughput|L2 Cache Throughput|DRAM Throughput" || true
 python3 "$root/bench/stalls.py" "$OUT/$name.csv.gz"
