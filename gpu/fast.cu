@@ -1328,9 +1328,20 @@ struct SRing {
         gp_bulk_load(buf + bi * WIDE_CHUNK, src + (size_t)k * WIDE_CHUNK, WIDE_CHUNK, &full[bi]);
     }
     /* acc (+)= A . B^T for slice wg's N columns over KSL k-steps, the
-     * stream's next KSL / KSC chunks; more: add to acc. Thread 0 loads chunk
-     * s + WIDE_NBUF - 1 into the buffer of chunk s - 1 once every warp has
-     * arrived on its empty barrier. */
+     * stream's next KSL / KSC chunks; more: add to acc. Each chunk's wgmmas
+     * are issued while the previous chunk's run (one group in flight), and
+     * a warp releases a chunk's buffer once they are done; thread 0 then
+     * loads chunk s + WIDE_NBUF - 1 into the buffer of chunk s - 1 once
+     * every warp has released it. */
+    __device__ __forceinline__ void refill()
+    {
+        const int k = s + WIDE_NBUF - 1;
+        if (threadIdx.x == 0 && k < n) {
+            if (s > 0)
+                gp_mbar_wait(&empty[(s - 1) % WIDE_NBUF], (unsigned)((s - 1) / WIDE_NBUF) & 1);
+            load(k);
+        }
+    }
     template <int N, int KSL, bool SS>
     __device__ __forceinline__ void product(int (&acc)[N / 8][4], const uint32_t (&a)[KSL][4], const uint8_t *At,
                                             int wg, bool more)
@@ -1339,12 +1350,6 @@ struct SRing {
         static_assert(KSC >= 1 && KSL % KSC == 0, "a product is whole chunks");
 #pragma unroll
         for (int i = 0; i < KSL / KSC; i++) {
-            const int k = s + WIDE_NBUF - 1;
-            if (threadIdx.x == 0 && k < n) {
-                if (s > 0)
-                    gp_mbar_wait(&empty[(s - 1) % WIDE_NBUF], (unsigned)((s - 1) / WIDE_NBUF) & 1);
-                load(k);
-            }
             const int bi = s % WIDE_NBUF;
             gp_mbar_wait(&full[bi], (unsigned)(s / WIDE_NBUF) & 1);
             const uint8_t *b = buf + bi * WIDE_CHUNK + wg * (N * KSC * 32);
@@ -1357,11 +1362,17 @@ struct SRing {
                 else
                     gp_wgmma_s8<N>(acc, a[i * KSC + ks], gp_desc(b + ks * N * 32), more || i > 0 || ks > 0);
             gp_wg_commit();
-            gp_wg_wait0();
-            if ((threadIdx.x & 31) == 0)
-                gp_mbar_arrive(&empty[bi]);
+            if (i > 0) { /* the previous chunk's wgmmas are done with its buffer */
+                gp_wg_wait1();
+                if ((threadIdx.x & 31) == 0)
+                    gp_mbar_arrive(&empty[(s - 1) % WIDE_NBUF]);
+            }
+            refill();
             s++;
         }
+        gp_wg_wait0();
+        if ((threadIdx.x & 31) == 0)
+            gp_mbar_arrive(&empty[(s - 1) % WIDE_NBUF]);
     }
 };
 

@@ -122,6 +122,14 @@ __device__ __forceinline__ void gp_wg_wait0()
 #endif
 }
 
+/* every committed group but the newest done */
+__device__ __forceinline__ void gp_wg_wait1()
+{
+#if GP_SM90A
+    asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
+#endif
+}
+
 /* the accumulators of n8 tiles as read-write asm operands: tile j, the first 4, 8 or 12 */
 #define GP_ACC4(d, j) "+r"(d[j][0]), "+r"(d[j][1]), "+r"(d[j][2]), "+r"(d[j][3])
 #define GP_ACC16(d) GP_ACC4(d, 0), GP_ACC4(d, 1), GP_ACC4(d, 2), GP_ACC4(d, 3)
