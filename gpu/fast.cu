@@ -1333,6 +1333,11 @@ struct SRing {
      * a warp releases a chunk's buffer once they are done; thread 0 then
      * loads chunk s + WIDE_NBUF - 1 into the buffer of chunk s - 1 once
      * every warp has released it. */
+    __device__ __forceinline__ void release(int k) /* this warp is done with chunk k's buffer */
+    {
+        if ((threadIdx.x & 31) == 0)
+            gp_mbar_arrive(&empty[k % WIDE_NBUF]);
+    }
     __device__ __forceinline__ void refill()
     {
         const int k = s + WIDE_NBUF - 1;
@@ -1364,15 +1369,13 @@ struct SRing {
             gp_wg_commit();
             if (i > 0) { /* the previous chunk's wgmmas are done with its buffer */
                 gp_wg_wait1();
-                if ((threadIdx.x & 31) == 0)
-                    gp_mbar_arrive(&empty[(s - 1) % WIDE_NBUF]);
+                release(s - 1);
             }
             refill();
             s++;
         }
         gp_wg_wait0();
-        if ((threadIdx.x & 31) == 0)
-            gp_mbar_arrive(&empty[(s - 1) % WIDE_NBUF]);
+        release(s - 1);
     }
 };
 
