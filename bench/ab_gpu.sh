@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # An A/B of GPU binaries built on the build machine and carried to the GPU
-# machine (scripts/gpu-pack.sh puts them in .carry/bin as NAME.gz), in one
+# machine (scripts/gpu-pack.sh packs them into .carry/bin.tar.xz), in one
 # device call: optionally the GPU suite of one of them plain and under the
 # compute-sanitizer (make test-gpu's three steps, without its build), then
 # each shape scored by every variant in turn, REPS rounds, interleaved so
@@ -19,19 +19,13 @@
 # the GPU's part of it (bench_gpu's "us" and "device_us").
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-bin=$(mktemp -d)
-trap 'rm -rf "$bin"' EXIT
-for f in "$root"/.carry/bin/*.gz; do
-  [ -e "$f" ] || { echo "ab_gpu.sh: no binaries in .carry/bin (scripts/gpu-pack.sh)" >&2; exit 1; }
-  n=$(basename "$f" .gz)
-  gunzip -c "$f" > "$bin/$n" && chmod +x "$bin/$n"
-done
+bin=$(bash "$root/scripts/gpu-unpack.sh") || exit 1
 golden=${RANKD_GOLDEN_DIR:-$root/.carry/shared/golden}
 out=${OUT:-$bin}
 rc=0
 
 if [ -n "${SUITE:-}" ]; then
-  [ -x "$bin/$SUITE" ] || { echo "ab_gpu.sh: SUITE=$SUITE is not in .carry/bin" >&2; exit 1; }
+  [ -x "$bin/$SUITE" ] || { echo "ab_gpu.sh: SUITE=$SUITE is not in .carry/bin.tar.xz" >&2; exit 1; }
   RANKD_GOLDEN_DIR=$golden timeout "${TIMEOUT:-600}" "$bin/$SUITE" > "$out/suite.log" 2>&1 || rc=1
   echo "suite $SUITE: $(grep -E '^[0-9]+%: Checks' "$out/suite.log" | tail -1)"
   grep -E ':[0-9]+:[EF]:' "$out/suite.log" | head -20
@@ -52,7 +46,7 @@ if [ -n "${SUITE:-}" ]; then
 fi
 
 for v in ${VARIANTS:?VARIANTS: the binaries to compare, NAME[:way]}; do
-  [ -x "$bin/${v%%:*}" ] || { echo "ab_gpu.sh: ${v%%:*} is not in .carry/bin" >&2; exit 1; }
+  [ -x "$bin/${v%%:*}" ] || { echo "ab_gpu.sh: ${v%%:*} is not in .carry/bin.tar.xz" >&2; exit 1; }
 done
 for spec in ${SHAPES:-teacher:16,128,512}; do
   model=${spec%%:*}

@@ -10,7 +10,7 @@
 #                        lean way launches its history kernel, then its
 #                        candidates: 5 is a candidate launch of the third call)
 #   SHAPE=student:512    model:B (bench_gpu's model and RANKD_BENCH_B)
-#   BIN=new              the carried binary (.carry/bin/NAME.gz)
+#   BIN=new              the carried binary (its NAME in .carry/bin.tar.xz)
 #   NAME=prof            the output's name
 # Any RANKD_GPU_* setting in the environment reaches the bench.
 set -euo pipefail
@@ -19,9 +19,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 kernel=${KERNEL:-lean_kernel} skip=${SKIP:-5} shape=${SHAPE:-student:512} name=${NAME:-prof}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-gz="$root/.carry/bin/${BIN:-new}.gz"
-[ -f "$gz" ] || { echo "profile_gpu.sh: no $gz (scripts/gpu-pack.sh)" >&2; exit 1; }
-gunzip -c "$gz" > "$tmp/bench" && chmod +x "$tmp/bench"
+bin=$(bash "$root/scripts/gpu-unpack.sh")/${BIN:-new}
+[ -x "$bin" ] || { echo "profile_gpu.sh: no ${BIN:-new} in .carry/bin.tar.xz (scripts/gpu-pack.sh)" >&2; exit 1; }
+cp "$bin" "$tmp/bench"
 ncu=$(command -v ncu || echo "${CUDA_HOME:-/usr/local/cuda}/bin/ncu")
 RANKD_BENCH_B=${shape#*:} timeout 300 "$ncu" --kernel-name "regex:$kernel" --launch-skip "$skip" --launch-count 1 \
   --section SourceCounters --section WarpStateStats --section SpeedOfLight -o "$tmp/rep" \
