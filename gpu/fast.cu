@@ -629,6 +629,13 @@ __device__ __forceinline__ void flag_publish(unsigned long long *p, unsigned lon
     asm volatile("st.release.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
 
+__device__ __forceinline__ bool flag_ready(const unsigned long long *p, unsigned long long want)
+{
+    unsigned long long v;
+    asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+    return (long long)(v - want) >= 0;
+}
+
 __device__ __forceinline__ void flag_wait(const unsigned long long *p, unsigned long long want)
 {
     for (;;) {
@@ -1126,13 +1133,20 @@ template <int D> struct SCfg {
     {
         return (size_t)KS * 512 + (size_t)f / 32 * 1024 + part_bytes + (hist ? 4 * stage_bytes : 0);
     }
-    /* the wide way's group of 4 warps: the hidden layer, where a history
-     * block also stages its keys and values (in the attention's phase),
-     * and the partials; the A fragments are the block's (one tile) */
-    static __host__ __device__ constexpr size_t wide_group(int f)
+    /* a user's keys and values of one layer (the cache, fragment order) */
+    static constexpr size_t kv_bytes = (size_t)2 * MAXK * D * 2;
+    /* the wide way's group of 4 warps: its hidden layer, where a history
+     * block also stages its keys and values in the attention's phase; the
+     * 4 groups' hidden layers are one region, where a candidate block's
+     * copy of the user's keys and values waits in that phase; then the
+     * groups' partials. The A fragments are the block's (one tile). */
+    static __host__ __device__ constexpr size_t wide_hid(int f)
     {
-        return ((size_t)f / 32 * 1024 > 4 * stage_bytes ? (size_t)f / 32 * 1024 : 4 * stage_bytes) + part_bytes;
+        return (size_t)f / 32 * 1024 > 4 * stage_bytes
+                   ? ((size_t)f / 32 * 1024 > kv_bytes / 4 ? (size_t)f / 32 * 1024 : kv_bytes / 4)
+                   : (4 * stage_bytes > kv_bytes / 4 ? 4 * stage_bytes : kv_bytes / 4);
     }
+    static __host__ __device__ constexpr size_t wide_group(int f) { return wide_hid(f) + part_bytes; }
     static_assert(SKS >= 1 && DH % 32 == 0, "a head is whole k-steps");
 };
 
@@ -1429,7 +1443,7 @@ __global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
     if constexpr (WIDE) { /* every warp takes part in the products: rows past the last (candidates: item 0's;
                            * a history: zeros) are computed and never written out */
         ring.full = (uint64_t *)sm;
-        ring.empty = ring.full + WIDE_NBUF;
+        ring.empty = ring.full + WIDE_NBUF; /* then kvbar */
         ring.buf = sm + WIDE_HEAD;
         ring.src = fw->wide;
         ring.n = fw->n_wide;
@@ -1438,6 +1452,7 @@ __global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
                 gp_mbar_init(&ring.full[i], 1);
                 gp_mbar_init(&ring.empty[i], 16);
             }
+            gp_mbar_init(ring.full + 2 * WIDE_NBUF, 1);
             gp_mbar_fence_init();
         }
         __syncthreads();
@@ -1457,10 +1472,16 @@ __global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
      * that wrote it reads */
     /* WIDE: the ring, the block's A tile, then each group's hidden layer and partials */
     uint8_t *At = sm + WIDE_HEAD + (size_t)WIDE_NBUF * WIDE_CHUNK;
-    uint8_t *gs = WIDE ? At + KS * 2048 + r * S::wide_group(f) : sm;
+    uint8_t *gs = WIDE ? At + KS * 2048 + r * S::wide_hid(f) : sm;
     uint4 *A = (uint4 *)gs, *Hs = A + (WIDE ? 0 : KS * 32);
-    Grp gp = {(float2 *)(WIDE ? gs + S::wide_group(f) - S::part_bytes : (uint8_t *)(Hs + (size_t)f / 32 * 64)), 0, c,
-              WIDE ? 1 + r : 0};
+    Grp gp = {(float2 *)(WIDE ? At + KS * 2048 + 4 * S::wide_hid(f) + r * S::part_bytes
+                              : (uint8_t *)(Hs + (size_t)f / 32 * 64)),
+              0, c, WIDE ? 1 + r : 0};
+    /* WIDE candidates: the user's keys and values of the layer, copied over the groups' hidden layers once the
+     * history has published them (thread 0's acquire, then the copy engine), read there by attention */
+    constexpr bool SKV = WIDE && !HIST;
+    const uint2 *kvs = (const uint2 *)(At + KS * 2048);
+    uint64_t *kvbar = ring.full + 2 * WIDE_NBUF;
     /* HIST: warp c's keys and values of head c for its 16 rows (WIDE: over the hidden layer) */
     __half *Kst = (__half *)(WIDE ? (uint8_t *)Hs : (uint8_t *)(gp.part + 2 * 4 * 16)) + (size_t)c * 2 * 16 * LDK,
            *Vst = Kst + 16 * LDK;
@@ -1483,6 +1504,17 @@ __global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
         uint32_t a[KS][4];
         float sr0, sr1;
         ln_quant_split<D, WIDE>(x, ly.ln1_w, ly.ln1_b, A, gp, a, sr0, sr1, At);
+        /* SKV: every warp is past the last layer's hidden layer (the barriers above); the copy goes now if the
+         * history has this layer, else before attention */
+        bool kv_copied = false;
+        auto kv_copy = [&]() {
+            gp_fence_async_global();
+            gp_fence_async_smem();
+            gp_bulk_load((void *)kvs, kvl, (unsigned)S::kv_bytes, kvbar);
+            kv_copied = true;
+        };
+        if (SKV && threadIdx.x == 0 && L > 0 && flag_ready(&flags[b], gen << 8 | (unsigned)(l + 1)))
+            kv_copy();
         /* head c's k, then q (with the self score), then v */
         const int qt = c * 3 * HNT; /* the head's first n8 tile of qkv rows: q, k, v */
         float4 kf[HNT];
@@ -1551,13 +1583,20 @@ __global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
                 cluster_sync();
             if ((WIDE || r == 0) && threadIdx.x == 0) /* the cluster's (block's) layer l is in the cache */
                 flag_publish(&flags[b], gen << 8 | (unsigned)(l + 1));
+        } else if (SKV) {
+            if (threadIdx.x == 0 && L > 0 && !kv_copied) {
+                flag_wait(&flags[b], gen << 8 | (unsigned)(l + 1));
+                kv_copy();
+            }
+            if (L > 0)
+                gp_mbar_wait(kvbar, (unsigned)l & 1);
         } else if (L > 0) {
             flag_wait(&flags[b], gen << 8 | (unsigned)(l + 1));
         }
         /* attention of head c; its output quantized per whole row */
         float o[HNT][4];
-        const Attn at = attend<D, DH, HIST, false>(qf, ss, NULL, NULL, (const uint2 *)kvl, c, HIST ? r + 1 : nkr / 16,
-                                                   L, tok0, tok1, sl2, o);
+        const Attn at = attend<D, DH, HIST, false, SKV>(qf, ss, NULL, NULL, SKV ? kvs : (const uint2 *)kvl, c,
+                                                        HIST ? r + 1 : nkr / 16, L, tok0, tok1, sl2, o);
         {
             float4 ov[HNT];
             float am0 = 0.0f, am1 = 0.0f;
