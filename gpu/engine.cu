@@ -50,6 +50,7 @@ struct gp_engine {
     int max_tiles;
     size_t in_bytes, out_bytes;
     uint8_t *h_in, *h_out; /* pinned */
+    uint8_t *h_out_dev;    /* h_out as the kernels address it (mapped) */
     uint8_t *d_in, *d_out;
     unsigned long long calls; /* score calls, the kernels' bt.call */
     int graphs;               /* score calls replay graphs (RANKD_GPU_GRAPHS=0: no) */
@@ -283,7 +284,8 @@ int gp_engine_new(gp_engine **out, const lm_model *m, const gp_opts *o, char *er
         gp_retr_new(&e->rt, &e->w, o->max_batch, o->max_k, o->max_exclude, err, errsz))
         goto fail;
     GP_TRY(cudaMallocHost((void **)&e->h_in, e->in_bytes), "pinned input buffer");
-    GP_TRY(cudaMallocHost((void **)&e->h_out, e->out_bytes), "pinned output buffer");
+    GP_TRY(cudaHostAlloc((void **)&e->h_out, e->out_bytes, cudaHostAllocMapped), "pinned output buffer");
+    GP_TRY(cudaHostGetDevicePointer((void **)&e->h_out_dev, e->h_out, 0), "pinned output buffer");
     GP_TRY(cudaMalloc((void **)&e->d_in, e->in_bytes), "device input buffer");
     GP_TRY(cudaMalloc((void **)&e->d_out, e->out_bytes), "device output buffer");
     snprintf(e->device, sizeof e->device, "%s, %s", info,
@@ -318,30 +320,29 @@ static int finish(gp_engine *e, const char *what, char *err, size_t errsz)
     return gp_cuda_err(cudaStreamSynchronize(e->st), what, err, errsz);
 }
 
-/* A score call's work on the stream: the requests over, the kernels, the
- * answers back. */
-static int score_enqueue(gp_engine *e, const gp_batch *b, size_t in_bytes, size_t out_bytes, char *err,
-                         size_t errsz)
+/* A score call's work on the stream: the requests over, then the kernels,
+ * which write the answers (scores, user vectors) straight into the pinned
+ * output buffer, mapped into the GPU's address space: no copy back after
+ * them, and the host reads them once the stream is done. */
+static int score_enqueue(gp_engine *e, const gp_batch *b, size_t in_bytes, char *err, size_t errsz)
 {
     return gp_cuda_err(cudaMemcpyAsync(e->d_in, e->h_in, in_bytes, cudaMemcpyHostToDevice, e->st),
                        "copying requests", err, errsz) ||
-           gp_score_run(e->sc, e->st, b, err, errsz) ||
-           gp_cuda_err(cudaMemcpyAsync(e->h_out, e->d_out, out_bytes, cudaMemcpyDeviceToHost, e->st),
-                       "copying scores", err, errsz);
+           gp_score_run(e->sc, e->st, b, err, errsz);
 }
 
 static int same_shape(gp_shape a, gp_shape b) { return a.n == b.n && a.tiles == b.tiles; }
 
 /* The graph of this shape's score call (1, in *ex), or 0 where the call
- * should launch its steps directly, or -1 on an error. A call is two
- * copies and two kernels; one graph launch replaces the four (student B=1
- * on an H200: 36 against 44 us a call, bench/NOTES.md). A shape gets its
+ * should launch its steps directly, or -1 on an error. A call is a copy
+ * and two kernels; one graph launch replaces the three (student B=1 on an
+ * H200, with a copy back too: 36 against 44 us a call, bench/NOTES.md). A shape gets its
  * graph at its second call: capturing and instantiating are host work one
  * replay would not repay, and shapes that come once are never captured.
  * Candidate counts that vary within the same tiles (filtered lists) keep
  * their shape. */
-static int score_graph(gp_engine *e, gp_shape sh, const gp_batch *b, size_t in_bytes, size_t out_bytes,
-                       cudaGraphExec_t *ex, char *err, size_t errsz)
+static int score_graph(gp_engine *e, gp_shape sh, const gp_batch *b, size_t in_bytes, cudaGraphExec_t *ex,
+                       char *err, size_t errsz)
 {
     gp_graph *slot = &e->graph[0];
     for (int i = 0; i < N_GRAPHS; i++) {
@@ -371,7 +372,7 @@ static int score_graph(gp_engine *e, gp_shape sh, const gp_batch *b, size_t in_b
     if (gp_cuda_err(cudaStreamBeginCapture(e->st, cudaStreamCaptureModeThreadLocal), "capturing a graph", err,
                     errsz))
         return -1;
-    const int rc = score_enqueue(e, b, in_bytes, out_bytes, err, errsz);
+    const int rc = score_enqueue(e, b, in_bytes, err, errsz);
     const cudaError_t end = cudaStreamEndCapture(e->st, &graph);
     if (rc || gp_cuda_err(end, "capturing a graph", err, errsz) ||
         gp_cuda_err(cudaGraphInstantiate(&slot->ex, graph, 0), "instantiating a graph", err, errsz)) {
@@ -492,7 +493,7 @@ int gp_engine_score(gp_engine *e, const lm_request *reqs, int n, char *err, size
         total += reqs[i].n_cands;
         tiles += (reqs[i].n_cands + GP_TILE - 1) / GP_TILE;
     }
-    stage in = {e->h_in, e->d_in, 0}, out = {e->h_out, e->d_out, 0};
+    stage in = {e->h_in, e->d_in, 0}, out = {e->h_out, e->h_out_dev, 0};
     gp_batch b = {.B = n, .n_tiles = tiles};
     int32_t *nh = (int32_t *)stage_take(&in, sizeof(int32_t) * n, (void **)&b.n_hist);
     int32_t *hi = (int32_t *)stage_take(&in, sizeof(int32_t) * n * mh, (void **)&b.hist_items);
@@ -519,9 +520,9 @@ int gp_engine_score(gp_engine *e, const lm_request *reqs, int n, char *err, size
     *call = ++e->calls;
     cudaGraphExec_t ex = NULL;
     const long long t1 = now_ns();
-    const int g = e->graphs ? score_graph(e, (gp_shape){n, tiles}, &b, in.off, out.off, &ex, err, errsz) : 0;
+    const int g = e->graphs ? score_graph(e, (gp_shape){n, tiles}, &b, in.off, &ex, err, errsz) : 0;
     if (g < 0 || (g ? gp_cuda_err(cudaGraphLaunch(ex, e->st), "launching a graph", err, errsz)
-                    : score_enqueue(e, &b, in.off, out.off, err, errsz)))
+                    : score_enqueue(e, &b, in.off, err, errsz)))
         return -1;
     if (finish(e, "scoring", err, errsz))
         return -1;
