@@ -19,7 +19,7 @@
 #define MAX_ALLOCS 512
 #define N_GRAPHS 64 /* score calls' graphs kept, one per batch shape, least recently used out */
 #define N_SEEN 128  /* shapes seen once, the latest: their next call captures a graph */
-#define STAGE_THREADS 4 /* host threads for a call's copies, at most: a memcpy's bandwidth gains little past */
+#define STAGE_THREADS 8 /* host threads for a call's copies, at most (bench/NOTES.md, session 23) */
 
 /* A batch shape: requests and candidate tiles. It fixes every size,
  * offset and grid of a score call (the candidates and their scores are
@@ -272,7 +272,9 @@ int gp_engine_new(gp_engine **out, const lm_model *m, const gp_opts *o, char *er
     {
         const long cores = sysconf(_SC_NPROCESSORS_ONLN);
         int n = o->threads > 0 ? o->threads : cores > 1 ? (int)cores : 1;
-        n = n < STAGE_THREADS ? n : STAGE_THREADS;
+        const char *cap_env = getenv("RANKD_GPU_STAGE_THREADS"); /* a measurement switch: the cap */
+        const int cap = cap_env && atoi(cap_env) > 0 ? atoi(cap_env) : STAGE_THREADS;
+        n = n < cap ? n : cap;
         if (n > 1 && lm_pool_new(&e->pool, n, err, errsz)) {
             gp_engine_free(e);
             return -1;
