@@ -2220,7 +2220,8 @@ struct gp_fast {
     kern_t wide_hist, wide_cand;
     size_t wide_smem; /* both kernels' */
     uint8_t *wide; /* FW::wide */
-    int wide_from; /* FAST_AUTO: split batches of at least this many tiles take the wide way */
+    int wide_from;      /* FAST_AUTO: split batches of at least this many tiles take the wide way */
+    int wide_hist_from; /* wide batches of at least this many requests run the wide history, else the split way's */
     /* the lean way (sm_90a, d_model 128, d_ffn 256 or 512), NULL where there is none */
     kern_t lean_hist, lean_cand;
     size_t lean_hsmem, lean_smem;
@@ -2616,7 +2617,8 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
          * build): H200, B = 16 to 512, 6-8% faster than the split way, at B = 1 (8 tiles) 65% slower; the
          * student's not at all, as fast as the split way at B = 16 and slower than the wgmma way from
          * B = 128 (bench/NOTES.md) */
-        s->wide_from = d == 256 ? s->split_fit / 4 + 1 : INT_MAX;
+        s->wide_from = d == 256 ? env_int("RANKD_GPU_WIDE_TILES", s->split_fit / 4 + 1) : INT_MAX;
+        s->wide_hist_from = env_int("RANKD_GPU_WIDE_HIST_B", WIDE_HIST_B); /* measurement switches, as the lean way's */
     }
     GP_TRY(cudaDeviceSynchronize(), "fast-path weight conversion");
     *out = s;
@@ -2635,7 +2637,7 @@ int gp_fast_run(gp_fast *s, cudaStream_t st, const gp_batch *b, char *err, size_
                                  (s->mode == FAST_AUTO && s->split_hist && b->n_tiles < s->split_below));
     const bool wide = split && s->wide_cand &&
                       (s->mode == FAST_WIDE || (s->mode == FAST_AUTO && b->n_tiles >= s->wide_from));
-    const bool wide_hist = wide && (s->mode == FAST_WIDE || b->B >= WIDE_HIST_B);
+    const bool wide_hist = wide && (s->mode == FAST_WIDE || b->B >= s->wide_hist_from);
     /* the lean way's candidates read the history that the split way's cluster writes where too few requests
      * would leave the lean history's chain to few SMs */
     const bool lean_hist = lean && (b->B >= s->lean_hist_from || !s->split_hist);
