@@ -546,6 +546,8 @@ template <int D> __device__ __forceinline__ size_t kv_off(int b, int n_layers, i
 {
     return ((size_t)b * n_layers + l) * 2 * MAXK * D;
 }
+/* one such layer's bytes, what a candidate block copies into shared memory */
+template <int D> constexpr size_t kv_layer_bytes = (size_t)2 * MAXK * D * sizeof(__half);
 
 template <int D, int DH> struct KvFrag {
     static constexpr int H = D / DH, QK = DH / 16, HNT = DH / 8;
@@ -638,13 +640,8 @@ __device__ __forceinline__ bool flag_ready(const unsigned long long *p, unsigned
 
 __device__ __forceinline__ void flag_wait(const unsigned long long *p, unsigned long long want)
 {
-    for (;;) {
-        unsigned long long v;
-        asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
-        if ((long long)(v - want) >= 0)
-            return;
+    while (!flag_ready(p, want))
         __nanosleep(100);
-    }
 }
 
 /* One head's attention for the warp's 16 rows, the FlashAttention-2 way on
@@ -1133,8 +1130,8 @@ template <int D> struct SCfg {
     {
         return (size_t)KS * 512 + (size_t)f / 32 * 1024 + part_bytes + (hist ? 4 * stage_bytes : 0);
     }
-    /* a user's keys and values of one layer (the cache, fragment order) */
-    static constexpr size_t kv_bytes = (size_t)2 * MAXK * D * 2;
+    static constexpr size_t kv_bytes = kv_layer_bytes<D>; /* a user's keys and values of one layer */
+    static __host__ __device__ constexpr size_t cmax(size_t a, size_t b) { return a > b ? a : b; }
     /* the wide way's group of 4 warps: its hidden layer, where a history
      * block also stages its keys and values in the attention's phase; the
      * 4 groups' hidden layers are one region, where a candidate block's
@@ -1142,9 +1139,7 @@ template <int D> struct SCfg {
      * groups' partials. The A fragments are the block's (one tile). */
     static __host__ __device__ constexpr size_t wide_hid(int f)
     {
-        return (size_t)f / 32 * 1024 > 4 * stage_bytes
-                   ? ((size_t)f / 32 * 1024 > kv_bytes / 4 ? (size_t)f / 32 * 1024 : kv_bytes / 4)
-                   : (4 * stage_bytes > kv_bytes / 4 ? 4 * stage_bytes : kv_bytes / 4);
+        return cmax(cmax((size_t)f / 32 * 1024, 4 * stage_bytes), kv_bytes / 4);
     }
     static __host__ __device__ constexpr size_t wide_group(int f) { return wide_hid(f) + part_bytes; }
     static_assert(SKS >= 1 && DH % 32 == 0, "a head is whole k-steps");
@@ -1782,7 +1777,7 @@ template <int F> struct LCfg {
     static constexpr size_t kv_stage = (size_t)2 * 64 * LDK * 2;
     static __host__ __device__ constexpr size_t smem_hist(int n_layers) { return smem(n_layers) + LEAN_WGS * kv_stage; }
     /* a candidate group's copy of its user's keys and values of one layer (the cache, fragment order) */
-    static constexpr size_t kv_bytes = (size_t)2 * MAXK * D * 2;
+    static constexpr size_t kv_bytes = kv_layer_bytes<D>;
     static __host__ __device__ constexpr size_t smem_cand(int n_layers) { return smem(n_layers) + LEAN_WGS * kv_bytes; }
     static_assert(F % 128 == 0 && NCH >= 1 && NCH <= LEAN_NB, "the down-projection's chunks fit the ring at once");
 };
