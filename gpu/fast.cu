@@ -1328,8 +1328,9 @@ constexpr int WIDE_HIST_B = 128;
 struct SRing {
     const uint8_t *src; /* FW::wide, chunk k at k * WIDE_CHUNK */
     uint8_t *buf;
-    uint64_t *full, *empty; /* [WIDE_NBUF] each: the copy's bytes landed; every warp done with them */
-    int s, n;               /* the next chunk, the stream's count */
+    uint64_t *full; /* [WIDE_NBUF]: the copy's bytes landed */
+    unsigned *done; /* [WIDE_NBUF]: the warps' releases of each buffer, counted over the stream */
+    int s, n;       /* the next chunk, the stream's count */
 
     __device__ __forceinline__ void load(int k)
     {
@@ -1339,21 +1340,20 @@ struct SRing {
     /* acc (+)= A . B^T for slice wg's N columns over KSL k-steps, the
      * stream's next KSL / KSC chunks; more: add to acc. Each chunk's wgmmas
      * are issued while the previous chunk's run (one group in flight), and
-     * a warp releases a chunk's buffer once they are done; thread 0 then
-     * loads chunk s + WIDE_NBUF - 1 into the buffer of chunk s - 1 once
-     * every warp has released it. */
+     * a warp releases a chunk's buffer once they are done. The last of the
+     * 16 warps to release chunk k loads chunk k + WIDE_NBUF into its
+     * buffer, so that no warp waits for the others' releases (thread 0 did,
+     * every chunk, before its loads). */
     __device__ __forceinline__ void release(int k) /* this warp is done with chunk k's buffer */
     {
-        if ((threadIdx.x & 31) == 0)
-            gp_mbar_arrive(&empty[k % WIDE_NBUF]);
-    }
-    __device__ __forceinline__ void refill()
-    {
-        const int k = s + WIDE_NBUF - 1;
-        if (threadIdx.x == 0 && k < n) {
-            if (s > 0)
-                gp_mbar_wait(&empty[(s - 1) % WIDE_NBUF], (unsigned)((s - 1) / WIDE_NBUF) & 1);
-            load(k);
+        if ((threadIdx.x & 31) == 0) {
+            unsigned old; /* acq_rel: the other warps' wgmmas on the buffer are done before this load */
+            asm volatile("atom.acq_rel.cta.shared::cta.add.u32 %0, [%1], 1;"
+                         : "=r"(old)
+                         : "r"(gp_smem(&done[k % WIDE_NBUF]))
+                         : "memory");
+            if ((old & 15) == 15 && k + WIDE_NBUF < n)
+                load(k + WIDE_NBUF);
         }
     }
     template <int N, int KSL, bool SS>
@@ -1380,7 +1380,6 @@ struct SRing {
                 gp_wg_wait1();
                 release(s - 1);
             }
-            refill();
             s++;
         }
         gp_wg_wait0();
@@ -1438,21 +1437,21 @@ __global__ void __launch_bounds__((WIDE ? 16 : 4) * 32, MINB)
     if constexpr (WIDE) { /* every warp takes part in the products: rows past the last (candidates: item 0's;
                            * a history: zeros) are computed and never written out */
         ring.full = (uint64_t *)sm;
-        ring.empty = ring.full + WIDE_NBUF; /* then kvbar */
+        ring.done = (unsigned *)(ring.full + WIDE_NBUF); /* then kvbar */
         ring.buf = sm + WIDE_HEAD;
         ring.src = fw->wide;
         ring.n = fw->n_wide;
         if (threadIdx.x == 0) {
             for (int i = 0; i < WIDE_NBUF; i++) {
                 gp_mbar_init(&ring.full[i], 1);
-                gp_mbar_init(&ring.empty[i], 16);
+                ring.done[i] = 0;
             }
             gp_mbar_init(ring.full + 2 * WIDE_NBUF, 1);
             gp_mbar_fence_init();
         }
         __syncthreads();
         if (threadIdx.x == 0)
-            for (int k = 0; k < WIDE_NBUF - 1 && k < ring.n; k++)
+            for (int k = 0; k < WIDE_NBUF && k < ring.n; k++)
                 ring.load(k);
     } else if (row0 >= rows) { /* past the last row: nothing to do but meet the cluster */
         if (HIST)
