@@ -1222,7 +1222,7 @@ __device__ __forceinline__ void to_afrags(const float4 (&y)[D / 32], float m0, f
 #pragma unroll
         for (int s = 0; s < SKS; s++) {
             uint32_t v[4];
-            afrag(v, y[4 * s], y[4 * s + 1], y[4 * s + 2], y[4 * s + 3], m0, m1);
+            afrag<true>(v, y[4 * s], y[4 * s + 1], y[4 * s + 2], y[4 * s + 3], m0, m1);
             uint8_t *q = p + (c * SKS + s) * 2048;
             *(uint32_t *)q = v[0];
             *(uint32_t *)(q + 256) = v[1];
@@ -1235,7 +1235,7 @@ __device__ __forceinline__ void to_afrags(const float4 (&y)[D / 32], float m0, f
 #pragma unroll
         for (int s = 0; s < SKS; s++) {
             uint32_t v[4];
-            afrag(v, y[4 * s], y[4 * s + 1], y[4 * s + 2], y[4 * s + 3], m0, m1);
+            afrag<true>(v, y[4 * s], y[4 * s + 1], y[4 * s + 2], y[4 * s + 3], m0, m1);
             A[(c * SKS + s) * 32 + lane] = make_uint4(v[0], v[1], v[2], v[3]);
         }
         gp.sync();
