@@ -2214,7 +2214,7 @@ struct gp_fast {
     kern_t wide_hist, wide_cand;
     size_t wide_smem; /* both kernels' */
     uint8_t *wide; /* FW::wide */
-    int wide_from;      /* FAST_AUTO: split batches of at least this many tiles take the wide way */
+    int wide_from;      /* FAST_AUTO: split batches of at least this many tiles take the wide way (0: wide_line) */
     int wide_hist_from; /* wide batches of at least this many requests run the wide history, else the split way's */
     /* the lean way (sm_90a, d_model 128, d_ffn 256 or 512), NULL where there is none */
     kern_t lean_hist, lean_cand;
@@ -2607,11 +2607,10 @@ int gp_fast_new(gp_fast **out, const gp_weights *w, int max_batch, char *err, si
                "occupancy of the split candidate kernel");
         GP_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "the GPU's SM count");
         s->split_fit = per_sm * sms;
-        /* the teacher's wide way where the split way's grid would no longer fit at once (its capped
-         * build): H200, B = 16 to 512, 6-8% faster than the split way, at B = 1 (8 tiles) 65% slower; the
+        /* the teacher's wide way where the split way's blocks would no longer fit at once (wide_line); the
          * student's not at all, as fast as the split way at B = 16 and slower than the wgmma way from
          * B = 128 (bench/NOTES.md) */
-        s->wide_from = d == 256 ? env_int("RANKD_GPU_WIDE_TILES", s->split_fit / 4 + 1) : INT_MAX;
+        s->wide_from = d == 256 ? env_int("RANKD_GPU_WIDE_TILES", 0) : INT_MAX;
         s->wide_hist_from = env_int("RANKD_GPU_WIDE_HIST_B", WIDE_HIST_B); /* measurement switches, as the lean way's */
     }
     GP_TRY(cudaDeviceSynchronize(), "fast-path weight conversion");
@@ -2622,6 +2621,15 @@ fail:
     return -1;
 }
 
+/* The teacher's auto line between the split and the wide way: wide once the split way's candidate blocks
+ * (4 a tile) and its history's (4 a request) no longer fit the GPU at once, where they would run in two
+ * waves. H100, 512 candidates a request: the split way 97.6 / 111.3 us at B = 2 / 4, the wide 140 at both;
+ * at B = 8 (288 blocks of 264) the split way 197.4 us, the wide 147.9 (bench/NOTES.md, session 24). */
+static bool wide_line(const gp_fast *s, const gp_batch *b)
+{
+    return s->wide_from ? b->n_tiles >= s->wide_from : 4 * (b->n_tiles + b->B) > s->split_fit;
+}
+
 int gp_fast_run(gp_fast *s, cudaStream_t st, const gp_batch *b, char *err, size_t errsz)
 {
     if (b->B == 0)
@@ -2630,7 +2638,7 @@ int gp_fast_run(gp_fast *s, cudaStream_t st, const gp_batch *b, char *err, size_
     const bool split = !lean && (s->mode == FAST_SPLIT || s->mode == FAST_WIDE ||
                                  (s->mode == FAST_AUTO && s->split_hist && b->n_tiles < s->split_below));
     const bool wide = split && s->wide_cand &&
-                      (s->mode == FAST_WIDE || (s->mode == FAST_AUTO && b->n_tiles >= s->wide_from));
+                      (s->mode == FAST_WIDE || (s->mode == FAST_AUTO && wide_line(s, b)));
     const bool wide_hist = wide && (s->mode == FAST_WIDE || b->B >= s->wide_hist_from);
     /* the lean way's candidates read the history that the split way's cluster writes where too few requests
      * would leave the lean history's chain to few SMs */
