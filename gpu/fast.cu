@@ -36,8 +36,8 @@
  * the wgmma way (WG): its products as warpgroup MMAs on weight chunks
  * streamed into shared memory (Ring, below; gpu/sm90.cuh). Small batches,
  * and the teacher's, take the split way (split_kernel), where 4 warps
- * share each 16 rows; the teacher's candidates, once their grid would not
- * fit the GPU at once, run it as the wide way, 16 warps to a tile of 64
+ * share each 16 rows; the teacher's candidates, once its blocks would not
+ * fit the GPU at once (wide_line), run it as the wide way, 16 warps to a tile of 64
  * rows on wgmma (SRing, below). The lean way (lean_kernel), for the
  * student's shapes on sm_90a, takes its batches from LEAN_TILES tiles: it
  * carries whole rows per warp with the fewest instructions it can, two
@@ -1207,7 +1207,10 @@ template <bool MAX> __device__ __forceinline__ float4 across(float a0, float b0,
  * every warp's copy of all of them in a. WIDE: into the block's A tile At
  * instead (64 rows, k-step ks at ks * 2048 bytes in wgmma's layout, which
  * the products read from shared memory), once every warp is done with the
- * products that read it last; a is not written. */
+ * products that read it last; a is not written. Rounded by one fma (q8m),
+ * as the lean way: cvt.rni.sat.s8's conversions held these writes behind
+ * the MIO queue (the wide way's candidates 5% faster without them,
+ * bench/NOTES.md, session 24). */
 template <int D, bool WIDE = false>
 __device__ __forceinline__ void to_afrags(const float4 (&y)[D / 32], float m0, float m1, uint4 *A,
                                           uint32_t (&a)[D / 32][4], const Grp &gp, uint8_t *At)
@@ -1308,15 +1311,15 @@ __device__ __forceinline__ void ln_quant_split(const float4 (&x)[D / 32], const 
  * of one slice are a warpgroup, and each product is one wgmma m64nNk32 per
  * warpgroup and k-step (A from the block's 64-row tile in shared memory
  * that to_afrags writes, or for down from the warps' registers as mma.sync
- * takes it; B from shared memory), over weights that thread 0 streams by
- * the copy engine into a ring of WIDE_NBUF chunks of WIDE_CHUNK bytes, one
+ * takes it; B from shared memory), over weights that the copy engine
+ * streams into a ring of WIDE_NBUF chunks of WIDE_CHUNK bytes (SRing), one
  * copy for all 64 rows (the split way reads every weight once per 16 rows,
  * through L1, with its latency exposed at each k-step). A chunk is, for
  * each of the 4 slices in turn, N rows (the slice's output columns) by
  * WIDE_CHUNK / 4N input columns in wgmma's layout (gpu/sm90.cuh);
  * wide_plan lists them in the order the kernel takes them. */
 constexpr int WIDE_NBUF = 4, WIDE_CHUNK = 16384;
-constexpr size_t WIDE_HEAD = 128; /* the ring's barriers */
+constexpr size_t WIDE_HEAD = 128; /* the ring's barriers and counts, the cache copy's barrier */
 /* Batches of at least this many requests whose candidates take the wide
  * way run their history in it too, a block of 16 warps per request in
  * place of a cluster of 4 blocks of 4: H200, teacher B=128 1,486 / 1,498
@@ -1342,8 +1345,9 @@ struct SRing {
      * are issued while the previous chunk's run (one group in flight), and
      * a warp releases a chunk's buffer once they are done. The last of the
      * 16 warps to release chunk k loads chunk k + WIDE_NBUF into its
-     * buffer, so that no warp waits for the others' releases (thread 0 did,
-     * every chunk, before its loads). */
+     * buffer, so that no warp waits for the others' releases (teacher
+     * B=512 2% faster than thread 0 waiting for them before each load,
+     * bench/NOTES.md, session 24). */
     __device__ __forceinline__ void release(int k) /* this warp is done with chunk k's buffer */
     {
         if ((threadIdx.x & 31) == 0) {
